@@ -1,0 +1,103 @@
+"""A causal LM together with its KV cache, decoded row by row with ragged lengths.
+
+Why this shape: in a speculative step rows of a batch accept different numbers of tokens. Rather than copying
+caches around, every forward appends the same number of *slots* to all rows, and a per-row boolean ``slot_mask``
+(B, S) says which slots hold real tokens. Rolling a row back is just clearing its trailing slots in the mask
+(gpt-fast's "rollback is moving a length", made per row); slots that are empty in every row are cropped off the
+cache. Positions are passed explicitly (a row's next position = its number of real tokens), so RoPE sees each
+row exactly as if it had been decoded alone, and Hugging Face models run unmodified: the 2-D attention mask over
+slots turns the holes off.
+
+The interface (``forward`` / ``rollback`` / ``keep_rows`` / ``lengths``) is what the engine and proposers use; a
+static, position-written cache for ``torch.compile`` can implement the same four methods.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache, PreTrainedModel
+
+
+class CachedLM:
+    """``model`` + a ``DynamicCache`` + the slot mask. All tensors live on the model's device."""
+
+    def __init__(self, model: PreTrainedModel, batch_size: int):
+        self.model = model
+        self.device = model.device
+        self.cache = DynamicCache(config=model.config)
+        self.slot_mask = torch.zeros(batch_size, 0, dtype=torch.bool, device=self.device)  # (B, S)
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """(B,) number of real tokens cached per row (= the position of the row's next token)."""
+        return self.slot_mask.sum(dim=1)
+
+    @torch.inference_mode()
+    def forward(self, input_ids: torch.Tensor, logits_to_keep: int = 0) -> torch.Tensor:
+        """Append input_ids (B, T) after each row's real tokens; return logits (B, T, V) (last ``logits_to_keep``
+        positions only when > 0). The T new slots all count as real until ``rollback`` says otherwise."""
+        batch_size, num_new = input_ids.shape
+        positions = self.lengths[:, None] + torch.arange(num_new, device=self.device)  # (B, T)
+        self.slot_mask = torch.cat(
+            [self.slot_mask, torch.ones(batch_size, num_new, dtype=torch.bool, device=self.device)], dim=1
+        )  # (B, S+T)
+        out = self.model(
+            input_ids=input_ids.to(self.device),
+            attention_mask=self.slot_mask.long(),
+            position_ids=positions,
+            past_key_values=self.cache,
+            use_cache=True,
+            logits_to_keep=logits_to_keep,
+        )
+        return out.logits
+
+    def rollback(self, lengths: torch.Tensor) -> None:
+        """Keep only the first ``lengths[i]`` real tokens of row i (lengths (B,), never more than cached)."""
+        rank = self.slot_mask.long().cumsum(dim=1)  # (B, S): 1-based rank of each real slot in its row
+        self.slot_mask &= rank <= lengths.to(self.device)[:, None]
+        used = self.slot_mask.any(dim=0).nonzero()
+        new_size = int(used[-1]) + 1 if used.numel() else 0
+        surplus = self.slot_mask.shape[1] - new_size
+        if surplus:
+            self.cache.crop(-surplus)  # negative = remove that many slots (transformers 4.x and 5.x alike)
+            self.slot_mask = self.slot_mask[:, :new_size]
+
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Drop finished rows from the batch; ``rows`` (B',) are the indices to keep."""
+        rows = rows.to(self.device)
+        self.cache.batch_select_indices(rows)
+        self.slot_mask = self.slot_mask[rows]
+
+    def feed(self, sequences: torch.Tensor, ends: torch.Tensor, pad_id: int, need_logits: bool = True):
+        """Catch up on committed tokens: read ``sequences[i, lengths[i]:ends[i]]`` for every row in one forward.
+
+        Rows are right-padded to the longest gap and the padding is rolled back at once. Returns the logits at
+        each row's last token read (B, V), or None when ``need_logits`` is False (prefill skips the LM head).
+        """
+        sequences, ends = sequences.to(self.device), ends.to(self.device)
+        start = self.lengths
+        ids, counts = ragged_slices(sequences, start, ends, pad_id)  # (B, T), (B,)
+        if ids.shape[1] == 0:
+            return None
+        logits = self.forward(ids, logits_to_keep=0 if need_logits else 1)
+        self.rollback(start + counts)
+        if not need_logits:
+            return None
+        last = (counts - 1).clamp_min(0)  # (B,)
+        return logits[torch.arange(len(last), device=self.device), last]  # (B, V)
+
+
+def ragged_slices(
+    sequences: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor, pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gather sequences[i, starts[i]:ends[i]] into a right-padded (B, T) tensor; also return counts (B,).
+
+    sequences (B, L) holds each row's tokens from index 0 (right-padded buffer).
+    """
+    counts = (ends - starts).clamp_min(0)  # (B,)
+    width = int(counts.max()) if counts.numel() else 0
+    offsets = torch.arange(width, device=sequences.device)  # (T,)
+    index = (starts[:, None] + offsets).clamp_max(sequences.shape[1] - 1)  # (B, T)
+    ids = sequences.gather(1, index)
+    ids = ids.masked_fill(offsets >= counts[:, None], pad_id)
+    return ids, counts

@@ -1,0 +1,102 @@
+"""The proposer interface, and the shared base of proposers that run a draft language model."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel
+
+from ..cache import CachedLM
+from ..sampling import SamplingConfig, logits_to_probs, sample
+
+PAD_ID = 0  # filler for right-padded ragged inputs; those slots are rolled back before anyone attends to them
+
+
+@dataclass
+class Proposal:
+    """Draft tokens for one step.
+
+    draft_ids (B, k); draft_probs (B, k, V) — the distribution each token was sampled from (None when greedy).
+    """
+
+    draft_ids: torch.Tensor
+    draft_probs: torch.Tensor | None
+
+
+class Proposer(ABC):
+    """Proposes k tokens to follow each row's committed tokens.
+
+    The engine owns the committed tokens: ``sequences`` (B, L) holds row i's tokens at [0, lengths[i]) (the prompt
+    then everything accepted so far). A proposer keeps whatever state it needs (a KV cache) and is told, after
+    verification, how many leading tokens of each row are still known to be right.
+    """
+
+    draft_forwards: int = 0  # draft model forward passes so far (0 for model-free proposers)
+
+    @abstractmethod
+    def prefill(self, sequences: torch.Tensor, lengths: torch.Tensor) -> None:
+        """Read the prompts before the first step (everything but each row's last token)."""
+
+    @abstractmethod
+    def propose(
+        self,
+        sequences: torch.Tensor,
+        lengths: torch.Tensor,
+        k: int,
+        sampling: SamplingConfig,
+        generator: torch.Generator | None = None,
+    ) -> Proposal:
+        """Return k draft tokens per row following sequences[i, :lengths[i]]."""
+
+    @abstractmethod
+    def rollback(self, num_valid: torch.Tensor) -> None:
+        """Only the first num_valid[i] tokens the proposer has read for row i are still correct (B,)."""
+
+    @abstractmethod
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Finished rows leave the batch; keep these row indices."""
+
+
+class DraftModelProposer(Proposer):
+    """Shared mechanics of proposers backed by a draft LM: its ragged KV cache, rollback, and token picking."""
+
+    def __init__(self, draft: PreTrainedModel, target_vocab_size: int, batch_size: int):
+        self.lm = CachedLM(draft, batch_size)
+        self.target_vocab_size = target_vocab_size
+
+    def prefill(self, sequences, lengths):
+        self.lm.feed(sequences, lengths - 1, PAD_ID, need_logits=False)
+
+    def rollback(self, num_valid):
+        self.lm.rollback(torch.minimum(self.lm.lengths, num_valid.to(self.lm.device)))
+
+    def keep_rows(self, rows):
+        self.lm.keep_rows(rows)
+
+    def pick(
+        self, logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Draft logits (..., V_draft) -> tokens (...) and their sampling distribution (..., V_target) or None.
+
+        Draft and target may pad their vocabularies differently (e.g. Qwen2.5 0.5B: 151936 rows, 7B: 152064). The
+        draft is cut or padded to the target's size: a token the target cannot emit is never proposed, and the
+        proposal distribution stays a proper distribution over the target's vocabulary.
+        """
+        logits = align_vocab(logits.float(), self.target_vocab_size)
+        if sampling.greedy:
+            return logits.argmax(dim=-1), None
+        probs = logits_to_probs(logits, sampling)
+        return sample(probs, generator), probs
+
+
+def align_vocab(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Truncate or -inf-pad the last dimension of logits to vocab_size."""
+    extra = vocab_size - logits.shape[-1]
+    if extra < 0:
+        return logits[..., :vocab_size]
+    if extra > 0:
+        pad = logits.new_full((*logits.shape[:-1], extra), float("-inf"))
+        return torch.cat([logits, pad], dim=-1)
+    return logits

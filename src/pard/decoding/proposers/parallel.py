@@ -1,0 +1,62 @@
+"""PARD: a parallel draft proposes k tokens in ONE forward pass using mask tokens (paper section 3.1, Eq. 4 and 7).
+
+Input per row: the committed tokens the draft has not read yet, then k-1 mask tokens at the following positions:
+
+    [x_{n-a}, ..., x_{n-1}, m, m, ..., m]        logits at x_{n-1} -> d_1,  at the j-th m -> d_{j+1}
+
+so d_{j+1} ~ P(x_{n+j} | x_0..x_{n-1}, m_0..m_{j-1}) (Eq. 7). The mask tokens' key/value entries are dropped
+right after the pass: the real tokens at those positions are only known after verification and are read at the
+start of the next step, alongside the accepted tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from transformers import PreTrainedModel
+
+from ...errors import InvalidArgumentError
+from ..cache import ragged_slices
+from .base import PAD_ID, DraftModelProposer, Proposal
+
+
+class ParallelDraftProposer(DraftModelProposer):
+    """One draft forward per step, whatever k (K_infer may exceed the K the draft was trained with)."""
+
+    def __init__(
+        self, draft: PreTrainedModel, mask_token_ids: Sequence[int], target_vocab_size: int, batch_size: int
+    ):
+        super().__init__(draft, target_vocab_size, batch_size)
+        if not mask_token_ids:
+            raise InvalidArgumentError("a parallel draft needs at least one mask token id")
+        vocab = draft.get_input_embeddings().num_embeddings
+        bad = [i for i in mask_token_ids if not 0 <= i < vocab]
+        if bad:
+            raise InvalidArgumentError(f"mask token id(s) {bad} outside the draft's embedding table (size {vocab})")
+        self.mask_token_ids = list(mask_token_ids)
+
+    def mask_ids(self, count: int) -> torch.Tensor:
+        """The ids of the first `count` mask placeholders m_0..m_{count-1}: one shared id by default; with distinct
+        ids per position (the paper's ablation), positions past the last trained id reuse it."""
+        ids = [self.mask_token_ids[min(j, len(self.mask_token_ids) - 1)] for j in range(count)]
+        return torch.tensor(ids, dtype=torch.long, device=self.lm.device)
+
+    def propose(self, sequences, lengths, k, sampling, generator=None):
+        device = self.lm.device
+        start = self.lm.lengths  # (B,)
+        pending, counts = ragged_slices(sequences.to(device), start, lengths.to(device), PAD_ID)  # (B, W), (B,)
+        batch_size, width = pending.shape
+        # Row i: pending[i, :counts[i]] then the k-1 masks then padding: (B, W + k - 1).
+        inputs = torch.cat([pending, pending.new_full((batch_size, k - 1), PAD_ID)], dim=1)
+        mask_slots = counts[:, None] + torch.arange(k - 1, device=device)  # (B, k-1)
+        inputs.scatter_(1, mask_slots, self.mask_ids(k - 1).expand(batch_size, -1))
+        logits = self.lm.forward(inputs)  # (B, W + k - 1, V)
+        # Drop the masks' (and padding's) KV: keep exactly the real tokens read this step.
+        self.lm.rollback(start + counts)
+        self.draft_forwards += 1
+
+        read = counts[:, None] - 1 + torch.arange(k, device=device)  # (B, k): last real token, then the masks
+        draft_logits = logits.gather(1, read[..., None].expand(-1, -1, logits.shape[-1]))  # (B, k, V)
+        draft_ids, draft_probs = self.pick(draft_logits, sampling, generator)
+        return Proposal(draft_ids, draft_probs)

@@ -1,0 +1,25 @@
+"""Typed exceptions. The CLI turns any :class:`PardError` into one readable line (traceback only with ``--debug``)."""
+
+
+class PardError(Exception):
+    """Base class of every error this library raises on bad input."""
+
+
+class InvalidArgumentError(PardError, ValueError):
+    """An argument is out of range or inconsistent (e.g. K < 1, empty prompt, unknown method)."""
+
+
+class VocabularyMismatchError(PardError):
+    """Target and draft do not share a tokenizer / vocabulary, so draft tokens mean nothing to the target."""
+
+
+class NotAParallelDraftError(PardError):
+    """A draft without a mask token (``pard_token`` in its config) was asked to draft in parallel."""
+
+
+class PromptTooLongError(PardError):
+    """A prompt does not fit in the model's context window."""
+
+
+class ModelLoadError(PardError):
+    """A model or tokenizer could not be found or loaded."""
