@@ -45,8 +45,14 @@ def _byte_of(ch: str) -> int:
     return others[ord(ch) - 256]
 
 
-def tiny_model(name: str = "llama", seed: int = 0, vocab_size: int = BYTE_VOCAB + 3, **overrides):
-    """Build tiny model ``name`` (a key of TINY_MODELS) with seeded random weights, float32, eval mode."""
+def tiny_model(
+    name: str = "llama", seed: int = 0, vocab_size: int = BYTE_VOCAB + 3, sharpen: float = 20.0, **overrides
+):
+    """Build tiny model ``name`` (a key of TINY_MODELS) with seeded random weights, float32, eval mode.
+
+    ``sharpen`` scales the LM head: large values make distributions peaked so greedy argmax is far from ties;
+    1.0 keeps them broad (for distribution tests). ``overrides`` go to the config.
+    """
     arch, hidden, layers, heads, kv_heads = TINY_MODELS[name]
     kwargs = dict(
         vocab_size=vocab_size,
@@ -64,10 +70,10 @@ def tiny_model(name: str = "llama", seed: int = 0, vocab_size: int = BYTE_VOCAB 
     kwargs.update(overrides)
     config = LlamaConfig(**kwargs) if arch == "llama" else Qwen2Config(**kwargs)
     if name == "pard":
-        config.pard_token = BYTE_VOCAB + 2
+        config.pard_token = vocab_size - 1 if vocab_size < BYTE_VOCAB + 3 else BYTE_VOCAB + 2
         config.spd_type = "pard"
     torch.manual_seed(seed)
     model = (LlamaForCausalLM if arch == "llama" else Qwen2ForCausalLM)(config)
-    with torch.no_grad():  # sharper than the default init, so greedy argmax is far from ties
-        model.lm_head.weight.mul_(20.0)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(sharpen)
     return model.eval()

@@ -1,0 +1,136 @@
+"""The ``pard`` command line. Thin: parse -> call the API -> print. Errors are one line (``--debug`` for more)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import __version__
+from .errors import PardError
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument(
+        "--trust-remote-code", action="store_true", help="allow model code from the hub (off unless asked)"
+    )
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pard", description="PARD speculative decoding: parallel draft models.")
+    parser.add_argument("--version", action="version", version=f"pard {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    gen = sub.add_parser("generate", help="generate text with AR, vanilla SD or PARD and print stats")
+    gen.add_argument("prompt", help="the prompt text")
+    gen.add_argument("--target", required=True, help="target model: hub id, local directory or tiny:NAME")
+    gen.add_argument("--draft", help="draft model (parallel if its config has pard_token, else autoregressive)")
+    gen.add_argument(
+        "--method",
+        choices=["ar", "vsd", "pard"],
+        help="decoding method (default: pard for a parallel draft, vsd for an AR draft, ar without a draft)",
+    )
+    gen.add_argument("-k", "--num-draft-tokens", type=int, default=8, help="draft tokens per step K (default 8)")
+    gen.add_argument("--max-new-tokens", type=int, default=128)
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    gen.add_argument("--top-k", type=int)
+    gen.add_argument("--top-p", type=float)
+    gen.add_argument("--seed", type=int, help="seed for sampling")
+    gen.add_argument("--no-chat-template", action="store_true", help="tokenize the prompt as plain text")
+    gen.add_argument("--json", action="store_true", help="print one JSON object: text, token_ids, stats")
+    _add_model_options(gen)
+    gen.set_defaults(func=_cmd_generate)
+    return parser
+
+
+def _cmd_generate(args) -> int:
+    from .decoding import SamplingConfig, SpeculativeDecoder
+    from .models import load_pair
+    from .prompts import encode_prompt, eos_token_ids
+
+    sampling = SamplingConfig(args.temperature, args.top_k, args.top_p)  # validate before loading anything
+    pair = load_pair(
+        args.target, args.draft, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code
+    )
+    method = args.method or {"pard": "pard", "ar": "vsd", None: "ar"}[pair.draft_kind]
+    decoder = SpeculativeDecoder(
+        pair.target,
+        pair.draft,
+        method=method,
+        num_draft_tokens=args.num_draft_tokens,
+        target_tokenizer=pair.tokenizer,
+        draft_tokenizer=pair.draft_tokenizer,
+    )
+    prompt_ids = encode_prompt(pair.tokenizer, args.prompt, chat_template=not args.no_chat_template)
+    streamer = None
+    if not args.json:
+        from transformers import TextStreamer
+
+        streamer = TextStreamer(pair.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    out = decoder.generate(
+        [prompt_ids],
+        max_new_tokens=args.max_new_tokens,
+        sampling=sampling,
+        eos_token_id=eos_token_ids(pair.tokenizer, pair.target),
+        seed=args.seed,
+        streamer=streamer,
+    )
+    token_ids = out.sequences[0]
+    if args.json:
+        text = pair.tokenizer.decode(token_ids, skip_special_tokens=True)
+        print(json.dumps({"text": text, "token_ids": token_ids, "stats": out.stats.to_dict()}))
+    else:
+        _print_stats(out.stats)
+    return 0
+
+
+def _print_stats(stats) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{stats.method}  K={stats.num_draft_tokens}", show_header=False)
+    table.add_row("tokens", str(stats.tokens))
+    table.add_row("target forwards", str(stats.target_forwards))
+    table.add_row("draft forwards", str(stats.draft_forwards))
+    table.add_row("mean accepted length τ", f"{stats.mean_accepted_length:.2f}")
+    if stats.acceptance_per_position:
+        table.add_row("acceptance k-α (k=1..)", " ".join(f"{a:.2f}" for a in stats.acceptance_per_position))
+    table.add_row("tokens/s", f"{stats.tokens_per_second:.1f}")
+    table.add_row(
+        "seconds prefill/draft/verify/other",
+        f"{stats.prefill_seconds:.3f} / {stats.draft_seconds:.3f} / {stats.verify_seconds:.3f} / "
+        f"{stats.other_seconds:.3f}",
+    )
+    Console(stderr=False).print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if not args.debug:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    try:
+        return args.func(args)
+    except PardError as err:
+        if args.debug:
+            raise
+        print(f"pard: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pard: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # anything unexpected still gets one line unless --debug
+        if args.debug:
+            raise
+        print(f"pard: error: {type(err).__name__}: {err} (run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""Lossless, greedy: every method reproduces the target's own transformers `generate` output token for token."""
+
+import pytest
+import torch
+
+from conftest import PROMPTS, as_pard_draft, hf_greedy, noisy_copy
+from pard import SpeculativeDecoder
+from pard.tiny import BYTE_VOCAB
+
+MAX_NEW = 24
+KS = [1, 2, 4, 8]
+BATCHES = {1: PROMPTS[:1], 3: PROMPTS}
+
+
+@pytest.fixture(scope="module")
+def references(target):
+    return {tuple(p): hf_greedy(target, p, MAX_NEW) for p in PROMPTS}
+
+
+def run(target, draft, method, k, prompts, **kwargs):
+    decoder = SpeculativeDecoder(target, draft, method=method, num_draft_tokens=k)
+    return decoder.generate(prompts, max_new_tokens=MAX_NEW, **kwargs)
+
+
+def test_ar_equals_hf_generate(target, references):
+    out = run(target, None, "ar", 1, PROMPTS)
+    assert out.sequences == [references[tuple(p)] for p in PROMPTS]
+    assert out.stats.mean_accepted_length == 1.0
+    assert out.stats.target_forwards == MAX_NEW
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("k", KS)
+@pytest.mark.parametrize("method", ["vsd", "pard"])
+def test_random_draft_equals_target(target, random_draft, random_pard_draft, references, method, k, batch):
+    draft = random_draft if method == "vsd" else random_pard_draft
+    prompts = BATCHES[batch]
+    out = run(target, draft, method, k, prompts)
+    assert out.sequences == [references[tuple(p)] for p in prompts]
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("k", KS)
+def test_vsd_with_draft_equal_to_target_accepts_everything(target, references, k, batch):
+    prompts = BATCHES[batch]
+    out = run(target, noisy_copy(target, 0.0, 0), "vsd", k, prompts)
+    assert out.sequences == [references[tuple(p)] for p in prompts]
+    for accepted, drafted in zip(out.stats.accepted_lengths, out.stats.drafted_lengths):
+        # Every step accepts all it was offered; only the last step is shortened by the token budget.
+        assert accepted == drafted
+        assert all(a == k for a in accepted[:-1])
+    steps = -(-MAX_NEW // (k + 1))  # ceil: K + 1 tokens per target pass
+    assert out.stats.target_forwards == steps
+    if MAX_NEW % (k + 1) == 0:
+        assert out.stats.mean_accepted_length == k + 1
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("k", KS)
+def test_pard_with_draft_equal_to_target(target, references, k, batch):
+    """The first PARD proposal comes from the last real token: a copy of the target always gets it right (1-α = 1);
+    the later ones are conditioned on mask tokens the copy was never trained on."""
+    prompts = BATCHES[batch]
+    draft = as_pard_draft(target, BYTE_VOCAB + 2)
+    out = run(target, draft, "pard", k, prompts)
+    assert out.sequences == [references[tuple(p)] for p in prompts]
+    assert out.stats.acceptance_per_position[0] == 1.0
+    # One draft forward per proposing step, whatever k (paper Eq. 4).
+    assert out.stats.draft_forwards == sum(1 for d in out.stats.drafted_lengths[0] if d > 0)
+
+
+@pytest.mark.parametrize("method", ["vsd", "pard"])
+def test_ragged_acceptance_rows_equal_rows_alone(target, method):
+    """A noisy copy of the target accepts different numbers of tokens per row in the same step."""
+    draft = noisy_copy(target, 0.15, seed=3)
+    if method == "pard":
+        draft = as_pard_draft(draft, BYTE_VOCAB + 2)
+    batched = run(target, draft, method, 4, PROMPTS)
+    alone = [run(target, draft, method, 4, [p]).sequences[0] for p in PROMPTS]
+    assert batched.sequences == alone
+    assert batched.sequences == [hf_greedy(target, p, MAX_NEW) for p in PROMPTS]
+    # Prove the batch was ragged: in some step the rows accepted different counts.
+    first_steps = [row[:3] for row in batched.stats.accepted_lengths]
+    assert any(len({row[s] for row in first_steps}) > 1 for s in range(3))
+    assert 0 < batched.stats.acceptance_per_position[0] < 1
+
+
+def test_left_padded_tensor_prompts(target, random_pard_draft, references):
+    width = max(map(len, PROMPTS))
+    ids = torch.zeros(len(PROMPTS), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(PROMPTS):
+        ids[i, width - len(p) :] = torch.tensor(p)
+        mask[i, width - len(p) :] = 1
+    out = SpeculativeDecoder(target, random_pard_draft, method="pard", num_draft_tokens=3).generate(
+        ids, attention_mask=mask, max_new_tokens=MAX_NEW
+    )
+    assert out.sequences == [references[tuple(p)] for p in PROMPTS]
+
+
+@pytest.mark.parametrize("method", ["ar", "vsd", "pard"])
+def test_per_row_eos_and_budget(target, references, method):
+    draft = as_pard_draft(noisy_copy(target, 0.1, seed=4), BYTE_VOCAB + 2)
+    refs = [references[tuple(p)] for p in PROMPTS]
+    # Two EOS ids: the 6th token of row 0 and the 10th of row 2 (row 1 may or may not contain them).
+    eos = {refs[0][5], refs[2][9]}
+    out = SpeculativeDecoder(target, draft, method=method, num_draft_tokens=4).generate(
+        PROMPTS, max_new_tokens=MAX_NEW, eos_token_id=sorted(eos)
+    )
+    for seq, ref in zip(out.sequences, refs):
+        cut = next((i + 1 for i, t in enumerate(ref) if t in eos), len(ref))
+        assert seq == ref[:cut]
+    assert out.stats.tokens == sum(map(len, out.sequences))
+    # A budget smaller than K + 1 still yields exactly that many tokens.
+    out = SpeculativeDecoder(target, draft, method=method, num_draft_tokens=8).generate(PROMPTS, max_new_tokens=3)
+    assert out.sequences == [r[:3] for r in refs]
+
+
+def test_context_window_caps_the_budget(target, random_pard_draft):
+    window = target.config.max_position_embeddings
+    prompt = [7] * (window - 5)
+    out = SpeculativeDecoder(target, random_pard_draft, method="pard", num_draft_tokens=8).generate(
+        [prompt], max_new_tokens=50
+    )
+    assert len(out.sequences[0]) == 5
+    assert out.sequences[0] == hf_greedy(target, prompt, 5)
