@@ -54,7 +54,7 @@ class CachedLM:
     def rollback(self, lengths: torch.Tensor) -> None:
         """Keep only the first ``lengths[i]`` real tokens of row i (lengths (B,), never more than cached)."""
         rank = self.slot_mask.long().cumsum(dim=1)  # (B, S): 1-based rank of each real slot in its row
-        self.slot_mask &= rank <= lengths.to(self.device)[:, None]
+        self.slot_mask = self.slot_mask & (rank <= lengths.to(self.device)[:, None])
         used = self.slot_mask.any(dim=0).nonzero()
         new_size = int(used[-1]) + 1 if used.numel() else 0
         surplus = self.slot_mask.shape[1] - new_size

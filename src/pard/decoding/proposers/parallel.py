@@ -42,11 +42,12 @@ class ParallelDraftProposer(DraftModelProposer):
         ids = [self.mask_token_ids[min(j, len(self.mask_token_ids) - 1)] for j in range(count)]
         return torch.tensor(ids, dtype=torch.long, device=self.lm.device)
 
-    def propose(self, sequences, lengths, k, sampling, generator=None):
+    def draft_logits(self, sequences: torch.Tensor, lengths: torch.Tensor, k: int) -> torch.Tensor:
+        """The PARD step's forward: logits (B, k, V) for d_1..d_k, from one pass over the unread tokens + k-1 masks."""
         device = self.lm.device
         start = self.lm.lengths  # (B,)
         pending, counts = ragged_slices(sequences.to(device), start, lengths.to(device), PAD_ID)  # (B, W), (B,)
-        batch_size, width = pending.shape
+        batch_size = pending.shape[0]
         # Row i: pending[i, :counts[i]] then the k-1 masks then padding: (B, W + k - 1).
         inputs = torch.cat([pending, pending.new_full((batch_size, k - 1), PAD_ID)], dim=1)
         mask_slots = counts[:, None] + torch.arange(k - 1, device=device)  # (B, k-1)
@@ -55,8 +56,9 @@ class ParallelDraftProposer(DraftModelProposer):
         # Drop the masks' (and padding's) KV: keep exactly the real tokens read this step.
         self.lm.rollback(start + counts)
         self.draft_forwards += 1
-
         read = counts[:, None] - 1 + torch.arange(k, device=device)  # (B, k): last real token, then the masks
-        draft_logits = logits.gather(1, read[..., None].expand(-1, -1, logits.shape[-1]))  # (B, k, V)
-        draft_ids, draft_probs = self.pick(draft_logits, sampling, generator)
+        return logits.gather(1, read[..., None].expand(-1, -1, logits.shape[-1]))  # (B, k, V)
+
+    def propose(self, sequences, lengths, k, sampling, generator=None):
+        draft_ids, draft_probs = self.pick(self.draft_logits(sequences, lengths, k), sampling, generator)
         return Proposal(draft_ids, draft_probs)

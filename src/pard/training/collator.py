@@ -1,0 +1,54 @@
+"""Batching packed COD samples into model inputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .cod import IGNORE_INDEX, PackedSample, attention_mask_from_structure
+
+
+@dataclass
+class CODCollator:
+    """Right-pads :class:`PackedSample` s to the longest and builds the attention mask the model needs.
+
+    Returns ``input_ids``, ``labels``, ``position_ids`` (B, L) and ``attention_mask`` (B, 1, L, L): boolean
+    (True = attend) for ``sdpa``/``flex_attention``, additive float (0 / dtype min) for ``eager``. Hugging Face
+    models take a 4-D mask as is, so the packed layout needs no model changes. Labels are *not* shifted: the loss
+    compares logits[:, t] with labels[:, t].
+    """
+
+    pad_token_id: int = 0
+    attn_implementation: str = "sdpa"
+    dtype: torch.dtype = torch.float32
+    pad_to_multiple_of: int | None = None
+
+    def __post_init__(self):
+        if self.attn_implementation.startswith("flash_attention"):
+            raise ValueError(
+                "PARD training needs an arbitrary attention mask; flash-attention kernels only do causal masks. "
+                "Use attn_implementation='sdpa' (default) or 'eager'."
+            )
+
+    def __call__(self, samples: list[PackedSample]) -> dict[str, torch.Tensor]:
+        width = max(len(s) for s in samples)
+        if self.pad_to_multiple_of:
+            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
+
+        def stack(field: str, fill: int) -> torch.Tensor:
+            out = torch.full((len(samples), width), fill, dtype=torch.long)
+            for i, s in enumerate(samples):
+                out[i, : len(s)] = torch.from_numpy(getattr(s, field))
+            return out
+
+        depths = stack("depths", -1)  # -1 marks padding
+        mask = attention_mask_from_structure(stack("anchors", -1), depths)[:, None]  # (B, 1, L, L)
+        if self.attn_implementation == "eager":
+            mask = torch.zeros(mask.shape, dtype=self.dtype).masked_fill(~mask, torch.finfo(self.dtype).min)
+        return {
+            "input_ids": stack("input_ids", self.pad_token_id),
+            "labels": stack("labels", IGNORE_INDEX),
+            "position_ids": stack("position_ids", 0),
+            "attention_mask": mask,
+        }
