@@ -5,12 +5,15 @@ from __future__ import annotations
 import copy
 import os
 
+# Before any Hugging Face import: the hub clients read these once, at import time.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
 import pytest
 import torch
 
 from pard.tiny import tiny_model
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 PROMPTS = [[5, 6, 7, 8, 9], [1, 2, 3], [100, 20, 30, 40, 50, 60, 70, 80, 90]]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from . import __version__
@@ -43,7 +44,103 @@ def _build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--json", action="store_true", help="print one JSON object: text, token_ids, stats")
     _add_model_options(gen)
     gen.set_defaults(func=_cmd_generate)
+
+    _add_train_parser(sub)
     return parser
+
+
+def _help(cls, name: str) -> str:
+    """Help text from a config dataclass field's metadata (one source for API docs and CLI help)."""
+    return cls.__dataclass_fields__[name].metadata.get("help", "")
+
+
+def _add_train_parser(sub) -> None:
+    from .training.data import DataConfig
+    from .training.trainer import TrainConfig
+
+    tr = sub.add_parser(
+        "train",
+        help="adapt an autoregressive LM into a PARD draft (mask tokens + COD)",
+        description="Runs on the Hugging Face Trainer: launch with `torchrun` or `accelerate launch` for multi-GPU.",
+    )
+    tr.add_argument("--model", required=True, help=_help(TrainConfig, "model"))
+    tr.add_argument("--data", required=True, nargs="+", help=_help(TrainConfig, "data"))
+    tr.add_argument("--output", required=True, help=_help(TrainConfig, "output"))
+    tr.add_argument("-k", "--num-draft-tokens", type=int, default=8, help="K_train: tokens predicted per pass")
+    tr.add_argument("--r", type=float, default=0.7, help="COD retention decay r (1 = no dropping)")
+    tr.add_argument("--r-min", type=float, default=0.2, help="COD minimum retention r_min")
+    mask = tr.add_mutually_exclusive_group()
+    mask.add_argument("--mask-token-id", type=int, nargs="+", dest="mask_token_ids", metavar="ID",
+                      help=_help(TrainConfig, "mask_token_ids"))
+    mask.add_argument("--add-mask-token", action="store_true", help=_help(TrainConfig, "add_mask_token"))
+    for name, flag in [("epochs", float), ("max_steps", int), ("learning_rate", float), ("warmup_ratio", float),
+                       ("weight_decay", float), ("batch_size", int), ("grad_accum", int), ("seed", int),
+                       ("save_steps", int), ("save_total_limit", int), ("logging_steps", int)]:
+        option = "--lr" if name == "learning_rate" else "--" + name.replace("_", "-")
+        default = TrainConfig.__dataclass_fields__[name].default
+        tr.add_argument(option, type=flag, default=default, dest=name,
+                        help=f"{_help(TrainConfig, name)} (default {default})")
+    tr.add_argument("--max-seq-len", type=int, default=512, help=_help(DataConfig, "max_seq_len"))
+    tr.add_argument("--text-field", default="text", help=_help(DataConfig, "text_field"))
+    tr.add_argument("--messages-field", default="messages", help=_help(DataConfig, "messages_field"))
+    tr.add_argument("--assistant-only", action="store_true", help=_help(DataConfig, "assistant_only"))
+    tr.add_argument("--no-packing", action="store_true", help="one record per sequence (padded batches)")
+    tr.add_argument("--data-split", default="train", help=_help(DataConfig, "split"))
+    tr.add_argument("--resume", action="store_true", help=_help(TrainConfig, "resume"))
+    tr.add_argument("--bf16", action="store_true", help=_help(TrainConfig, "bf16"))
+    tr.add_argument("--device", default="auto", help=_help(TrainConfig, "device"))
+    tr.add_argument("--attn-implementation", default="sdpa", choices=["sdpa", "eager"])
+    tr.add_argument("--gradient-checkpointing", action="store_true", help=_help(TrainConfig, "gradient_checkpointing"))
+    tr.add_argument("--deepspeed", help=_help(TrainConfig, "deepspeed"))
+    tr.add_argument("--report-to", default="none", help=_help(TrainConfig, "report_to"))
+    tr.add_argument("--trust-remote-code", action="store_true", help=_help(TrainConfig, "trust_remote_code"))
+    tr.add_argument("--no-progress", action="store_true", help=_help(TrainConfig, "disable_progress"))
+    tr.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args) -> int:
+    from .training import CODConfig, DataConfig, TrainConfig, train
+
+    config = TrainConfig(
+        model=args.model,
+        data=args.data,
+        output=args.output,
+        cod=CODConfig(args.num_draft_tokens, args.r, args.r_min),
+        data_config=DataConfig(
+            text_field=args.text_field,
+            messages_field=args.messages_field,
+            assistant_only=args.assistant_only,
+            max_seq_len=args.max_seq_len,
+            packing=not args.no_packing,
+            split=args.data_split,
+        ),
+        epochs=args.epochs,
+        max_steps=args.max_steps,
+        learning_rate=args.learning_rate,
+        warmup_ratio=args.warmup_ratio,
+        weight_decay=args.weight_decay,
+        batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
+        mask_token_ids=args.mask_token_ids,
+        add_mask_token=args.add_mask_token,
+        seed=args.seed,
+        save_steps=args.save_steps,
+        save_total_limit=args.save_total_limit,
+        logging_steps=args.logging_steps,
+        resume=args.resume,
+        bf16=args.bf16,
+        device=args.device,
+        attn_implementation=args.attn_implementation,
+        gradient_checkpointing=args.gradient_checkpointing,
+        deepspeed=args.deepspeed,
+        trust_remote_code=args.trust_remote_code,
+        report_to=args.report_to,
+        disable_progress=args.no_progress,
+    )
+    output = train(config)
+    if os.environ.get("RANK", "0") == "0":  # once, not per process under torchrun
+        print(f"saved PARD draft to {output}", file=sys.stderr)
+    return 0
 
 
 def _cmd_generate(args) -> int:

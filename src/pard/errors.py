@@ -23,3 +23,7 @@ class PromptTooLongError(PardError):
 
 class ModelLoadError(PardError):
     """A model or tokenizer could not be found or loaded."""
+
+
+class DataError(PardError):
+    """Training or benchmark data is missing, empty or malformed (messages name the file and line)."""

@@ -1,0 +1,199 @@
+"""Training data: files or hub datasets -> records -> token sequences (with trainable-token masks) -> chunks.
+
+Records are plain text (``text`` field, configurable) or chat (``messages``: a list of ``{"role", "content"}``,
+rendered with the tokenizer's chat template). Everything goes through the ``datasets`` library; local JSON/JSONL
+files are checked line by line first so a malformed line is reported with its file and line number.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+
+from ..errors import DataError
+
+_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text"}
+
+
+@dataclass
+class DataConfig:
+    """How records become training sequences."""
+
+    text_field: str = field(default="text", metadata={"help": "field holding plain text"})
+    messages_field: str = field(default="messages", metadata={"help": "field holding chat messages"})
+    assistant_only: bool = field(default=False, metadata={"help": "train only on assistant tokens of chats"})
+    max_seq_len: int = field(default=512, metadata={"help": "tokens per training sequence (before COD)"})
+    packing: bool = field(default=True, metadata={"help": "concatenate records and cut into max_seq_len chunks"})
+    split: str = field(default="train", metadata={"help": "split of hub datasets"})
+
+
+def load_records(spec: str, split: str = "train") -> datasets.Dataset:
+    """One data source: a local file (.json/.jsonl/.parquet/.txt), ``stdlib[:train|heldout]``, or a hub dataset
+    name (``name`` or ``name:config``)."""
+    if spec == "stdlib" or spec.startswith("stdlib:"):
+        from ..corpus import stdlib_records
+
+        return datasets.Dataset.from_list(stdlib_records(spec.partition(":")[2] or "train"))
+    path = Path(spec)
+    if path.exists():
+        if path.is_dir():
+            raise DataError(f"{spec}: is a directory; pass the data files themselves")
+        builder = _BUILDERS.get(path.suffix.lower())
+        if builder is None:
+            raise DataError(f"{spec}: unsupported file type {path.suffix!r}; use {', '.join(_BUILDERS)}")
+        if builder == "json":
+            check_json_file(path)
+        elif path.stat().st_size == 0:
+            raise DataError(f"{spec}: the file is empty")
+        kwargs = {"sample_by": "document"} if builder == "text" else {}
+        return datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
+    name, _, config = spec.partition(":")
+    try:
+        return datasets.load_dataset(name, config or None, split=split)
+    except Exception as err:  # the hub client raises many types; the user needs one line
+        raise DataError(f"could not load dataset {spec!r}: not a local file, and loading it from the hub failed "
+                        f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from err
+
+
+def check_json_file(path: Path) -> None:
+    """Fail with ``file:line`` on the first malformed record; fail on files without records."""
+    text = path.read_text(encoding="utf-8")
+    if not text.strip():
+        raise DataError(f"{path}: the file is empty")
+    if text.lstrip().startswith("["):
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{err.lineno}: malformed JSON ({err.msg})") from None
+        if not records:
+            raise DataError(f"{path}: the JSON array is empty")
+        return
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{lineno}: malformed JSON line ({err.msg})") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+
+
+def tokenize_records(records: datasets.Dataset, tokenizer, config: DataConfig, source: str) -> datasets.Dataset:
+    """Records -> ``input_ids`` and ``trainable`` (per-token bool: is this token a training target)."""
+    columns = records.column_names
+    if config.messages_field in columns:
+        if not getattr(tokenizer, "chat_template", None):
+            raise DataError(f"{source}: chat records ('{config.messages_field}') need a tokenizer with a chat template")
+        fn = _ChatEncoder(tokenizer, config, source)
+    elif config.text_field in columns:
+        fn = _TextEncoder(tokenizer, config, source)
+    else:
+        raise DataError(
+            f"{source}: records have neither a '{config.text_field}' nor a '{config.messages_field}' field "
+            f"(fields: {', '.join(columns) or 'none'}); choose the field with --text-field"
+        )
+    return records.map(fn, with_indices=True, remove_columns=columns, desc=f"tokenizing {source}")
+
+
+@dataclass
+class _TextEncoder:
+    tokenizer: object
+    config: DataConfig
+    source: str
+
+    def __call__(self, record, index):
+        text = record[self.config.text_field]
+        if not isinstance(text, str):
+            raise DataError(f"{self.source}: record {index} has no text in '{self.config.text_field}'")
+        ids = list(self.tokenizer(text)["input_ids"])
+        if self.tokenizer.eos_token_id is not None:
+            ids.append(self.tokenizer.eos_token_id)  # documents end, so the draft learns to predict the end
+        return {"input_ids": ids, "trainable": [True] * len(ids)}
+
+
+@dataclass
+class _ChatEncoder:
+    tokenizer: object
+    config: DataConfig
+    source: str
+
+    def render(self, messages, add_generation_prompt=False) -> list[int]:
+        ids = self.tokenizer.apply_chat_template(
+            messages, tokenize=True, add_generation_prompt=add_generation_prompt
+        )
+        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+    def __call__(self, record, index):
+        messages = record[self.config.messages_field]
+        if not messages or not all(isinstance(m, dict) and "role" in m and "content" in m for m in messages):
+            raise DataError(f"{self.source}: record {index} has no valid messages (need role and content)")
+        ids = self.render(messages)
+        if not self.config.assistant_only:
+            return {"input_ids": ids, "trainable": [True] * len(ids)}
+        # Assistant spans by prefix differences: render the conversation up to each assistant turn (with the
+        # generation prompt) and up to its end; the tokens in between are that turn. Works for any template
+        # whose renderings of prefixes are prefixes of the whole.
+        trainable = [False] * len(ids)
+        for i, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            before = self.render(messages[:i], add_generation_prompt=True)
+            after = self.render(messages[: i + 1])
+            if ids[: len(after)] != after or after[: len(before)] != before:
+                raise DataError(
+                    f"{self.source}: record {index}: the chat template does not render conversations "
+                    "prefix-consistently, so assistant tokens cannot be located; drop --assistant-only"
+                )
+            for t in range(len(before), len(after)):
+                trainable[t] = True
+        return {"input_ids": ids, "trainable": trainable}
+
+
+def chunk_sequences(tokenized: datasets.Dataset, config: DataConfig, min_len: int) -> datasets.Dataset:
+    """Packing: concatenate and cut into max_seq_len chunks (a shorter tail is kept if >= min_len tokens).
+    Without packing: truncate each record to max_seq_len and drop records shorter than min_len."""
+    size = config.max_seq_len
+
+    def pack(batch):
+        ids = [t for seq in batch["input_ids"] for t in seq]
+        ok = [t for seq in batch["trainable"] for t in seq]
+        starts = [s for s in range(0, len(ids), size) if len(ids) - s >= min_len]
+        return {"input_ids": [ids[s : s + size] for s in starts], "trainable": [ok[s : s + size] for s in starts]}
+
+    def truncate(batch):
+        keep = [i for i, seq in enumerate(batch["input_ids"]) if len(seq) >= min_len]
+        return {
+            "input_ids": [batch["input_ids"][i][:size] for i in keep],
+            "trainable": [batch["trainable"][i][:size] for i in keep],
+        }
+
+    fn = pack if config.packing else truncate
+    return tokenized.map(fn, batched=True, batch_size=1000, desc="packing" if config.packing else "filtering")
+
+
+def load_training_sequences(specs: list[str], tokenizer, config: DataConfig, num_draft_tokens: int):
+    """All sources -> one dataset of chunks with ``input_ids`` and ``trainable``; clear errors when nothing is
+    usable. A chunk needs at least K + 1 tokens so every subtask has a position."""
+    if not specs:
+        raise DataError("no training data given")
+    min_len = num_draft_tokens + 1
+    parts = []
+    for spec in specs:
+        records = load_records(spec, config.split)
+        if len(records) == 0:
+            raise DataError(f"{spec}: no records")
+        parts.append(tokenize_records(records, tokenizer, config, spec))
+    tokenized = datasets.concatenate_datasets(parts)
+    chunks = chunk_sequences(tokenized, config, min_len)
+    if len(chunks) == 0:
+        longest = max(len(ids) for ids in tokenized["input_ids"])
+        what = "the data has" if config.packing else "every record has"
+        raise DataError(
+            f"{what} fewer than K + 1 = {min_len} tokens (longest record: {longest}); PARD training with K = "
+            f"{num_draft_tokens} needs longer sequences (or a smaller -k)"
+        )
+    return chunks
