@@ -46,7 +46,64 @@ def _build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(func=_cmd_generate)
 
     _add_train_parser(sub)
+
+    bt = sub.add_parser("bench-train", help="measure COD's training speed-up against the no-drop layout")
+    bt.add_argument("--model", required=True, help="the AR model to adapt (hub id, local dir, tiny:NAME)")
+    bt.add_argument("--data", required=True, nargs="+", help="training data (as for `pard train`)")
+    bt.add_argument("--output", default="bench-results/train-cost", help="where JSON, markdown and PNG go")
+    bt.add_argument("-k", "--num-draft-tokens", type=int, default=8)
+    bt.add_argument("--r", type=float, default=0.7)
+    bt.add_argument("--r-min", type=float, default=0.2)
+    bt.add_argument("--max-seq-len", type=int, default=512)
+    bt.add_argument("--batch-size", type=int, default=8)
+    bt.add_argument("--steps", type=int, default=20, help="optimizer steps per run")
+    bt.add_argument("--repeats", type=int, default=3, help="runs per layout (medians are reported)")
+    bt.set_defaults(func=_cmd_bench_train)
+
+    fl = sub.add_parser("flops", help="training Pflops per 1M tokens: PARD vs EAGLE heads (paper Appendix A)")
+    fl.add_argument("--target-params", type=float, default=70e9, help="target parameters (EAGLE runs it)")
+    fl.add_argument("--draft-params", type=float, default=1e9, help="PARD draft parameters")
+    fl.add_argument("--eagle-layer-params", type=float, default=0.86e9, help="EAGLE head decoder-layer parameters")
+    fl.add_argument("--lm-head-params", type=float, default=1.01e9, help="LM head parameters")
+    fl.add_argument("-k", "--num-draft-tokens", type=int, default=8)
+    fl.add_argument("--r", type=float, default=0.7)
+    fl.add_argument("--r-min", type=float, default=0.2)
+    fl.add_argument("--json", action="store_true")
+    fl.set_defaults(func=_cmd_flops)
     return parser
+
+
+def _cmd_bench_train(args) -> int:
+    from pathlib import Path
+
+    from .bench.train_cost import run_training_cost, training_cost_markdown
+    from .training import CODConfig
+
+    results = run_training_cost(
+        args.model, args.data, Path(args.output), cod=CODConfig(args.num_draft_tokens, args.r, args.r_min),
+        max_seq_len=args.max_seq_len, batch_size=args.batch_size, steps=args.steps, repeats=args.repeats,
+    )
+    print(training_cost_markdown(results))
+    print(f"wrote {args.output}/train_cost.{{json,md,png}}", file=sys.stderr)
+    return 0
+
+
+def _cmd_flops(args) -> int:
+    from .bench.report import markdown_table
+    from .training import CODConfig
+    from .training.cost import FlopsInputs, cod_token_factor, training_pflops
+
+    cod = CODConfig(args.num_draft_tokens, args.r, args.r_min)
+    inputs = FlopsInputs(args.target_params, args.draft_params, args.eagle_layer_params, args.lm_head_params)
+    table = training_pflops(inputs, cod)
+    if args.json:
+        print(json.dumps({"cod_token_factor": cod_token_factor(cod), "pflops_per_1m_tokens": table}))
+        return 0
+    rows = [[name, v["forward"], v["backward"], v["total"], table["PARD"]["total"] and v["total"] / table["PARD"]["total"]]
+            for name, v in table.items()]
+    print(f"Training cost in Pflops per 1M tokens (COD keeps {cod_token_factor(cod):.2f} tokens per token, K={cod.num_draft_tokens})")
+    print(markdown_table(["method", "forward", "backward", "total", "x PARD"], rows))
+    return 0
 
 
 def _help(cls, name: str) -> str:

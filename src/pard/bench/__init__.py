@@ -1,0 +1,1 @@
+"""Benchmarks: every number the project reports comes from one of these commands."""
