@@ -2,6 +2,7 @@
 
 Model specs accepted everywhere a model is named:
   * a Hugging Face hub id (``amd/PARD-Llama-3.2-1B``) or a local directory (``AutoModelForCausalLM``);
+  * ``zoo:NAME`` — a member of the embedded family shipped in the package (see :mod:`pard.zoo`);
   * ``tiny:NAME`` — a tiny random model built in code (see :mod:`pard.tiny`), for offline smoke runs.
 """
 
@@ -77,6 +78,7 @@ def load_model(
     """Load a causal LM by hub id, local directory or ``tiny:NAME``, in eval mode on ``device``."""
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
+    spec = _resolve_zoo(spec)
     if spec.startswith("tiny:"):
         from .tiny import TINY_MODELS, tiny_model
 
@@ -96,6 +98,7 @@ def load_model(
 
 def load_tokenizer(spec: str, *, trust_remote_code: bool = False):
     """The tokenizer that goes with ``spec`` (the byte-level one for ``tiny:`` models)."""
+    spec = _resolve_zoo(spec)
     if spec.startswith("tiny:"):
         from .tiny import byte_tokenizer
 
@@ -162,6 +165,15 @@ def load_pair(
         draft_model = load_model(draft, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
         check_compatible(target_model, draft_model, tokenizer, draft_tokenizer)
     return ModelPair(target_model, tokenizer, draft_model, draft_tokenizer)
+
+
+def _resolve_zoo(spec: str) -> str:
+    """``zoo:NAME`` -> the member's directory inside the package; anything else unchanged."""
+    if not spec.startswith("zoo:"):
+        return spec
+    from .zoo import zoo_path
+
+    return str(zoo_path(spec.removeprefix("zoo:")))
 
 
 def _first_line(err: Exception) -> str:

@@ -16,7 +16,7 @@ class CODCollator:
     Returns ``input_ids``, ``labels``, ``position_ids`` (B, L) and ``attention_mask`` (B, 1, L, L): boolean
     (True = attend) for ``sdpa``/``flex_attention``, additive float (0 / dtype min) for ``eager``. Hugging Face
     models take a 4-D mask as is, so the packed layout needs no model changes. Labels are *not* shifted: the loss
-    compares logits[:, t] with labels[:, t].
+    compares logits[:, t] with labels[:, t]. Batches without mask tokens (K = 1) get no mask: causal is exact.
     """
 
     pad_token_id: int = 0
@@ -42,13 +42,18 @@ class CODCollator:
                 out[i, : len(s)] = torch.from_numpy(getattr(s, field))
             return out
 
-        depths = stack("depths", -1)  # -1 marks padding
-        mask = attention_mask_from_structure(stack("anchors", -1), depths)[:, None]  # (B, 1, L, L)
-        if self.attn_implementation == "eager":
-            mask = torch.zeros(mask.shape, dtype=self.dtype).masked_fill(~mask, torch.finfo(self.dtype).min)
-        return {
+        batch = {
             "input_ids": stack("input_ids", self.pad_token_id),
             "labels": stack("labels", IGNORE_INDEX),
             "position_ids": stack("position_ids", 0),
-            "attention_mask": mask,
         }
+        depths = stack("depths", -1)  # -1 marks padding
+        if (depths <= 0).all():
+            # K = 1 (plain next-token training): real tokens in order, padding only at the end of rows, so the
+            # model's own causal mask is exact and the fast causal kernels apply.
+            return batch
+        mask = attention_mask_from_structure(stack("anchors", -1), depths)[:, None]  # (B, 1, L, L)
+        if self.attn_implementation == "eager":
+            mask = torch.zeros(mask.shape, dtype=self.dtype).masked_fill(~mask, torch.finfo(self.dtype).min)
+        batch["attention_mask"] = mask
+        return batch

@@ -184,7 +184,9 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
     model.train()
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    mask_ids = resolve_mask_token(model, tokenizer, config.mask_token_ids, config.add_mask_token)
+    # K = 1 is ordinary next-token training (no mask tokens, and the result stays an autoregressive model).
+    parallel = config.cod.num_draft_tokens > 1
+    mask_ids = resolve_mask_token(model, tokenizer, config.mask_token_ids, config.add_mask_token) if parallel else []
     chunks = load_training_sequences(config.data, tokenizer, config.data_config, config.cod.num_draft_tokens)
     dataset = CODDataset(chunks, config.cod, mask_ids, config.seed)
 
@@ -228,8 +230,9 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
     seconds = time.perf_counter() - started
 
     model = trainer.model
-    setattr(model.config, PARD_TOKEN_KEY, mask_ids[0] if len(mask_ids) == 1 else mask_ids)
-    model.config.spd_type = "pard"
+    if parallel:
+        setattr(model.config, PARD_TOKEN_KEY, mask_ids[0] if len(mask_ids) == 1 else mask_ids)
+        model.config.spd_type = "pard"
     trainer.save_model(str(output))
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(output)

@@ -1,0 +1,216 @@
+"""`pard zoo build`: reproduce the embedded family from scratch (seeded), stage by stage.
+
+Stages: tokenizer -> each autoregressive member (draft, small, medium, large) -> the PARD adaptation of the draft
+-> held-out evaluation. A finished stage is skipped when the build is run again, and an interrupted stage resumes
+from its last checkpoint, so an interrupted build loses at most one checkpoint interval.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from ..corpus import stdlib_records
+from ..training import CODConfig, DataConfig, TrainConfig, train
+from ..training.trainer import TRAINING_INFO_FILE, last_complete_checkpoint
+from .recipe import (
+    BATCH_SIZE,
+    COD_MIN_RETENTION,
+    COD_RETENTION,
+    EOS,
+    FAMILY,
+    RESERVED,
+    SEED,
+    SEQ_LEN,
+    TARGETS,
+    VOCAB_SIZE,
+    ModelRecipe,
+)
+
+TOKENIZER_DIR = "tokenizer"
+
+
+def train_tokenizer(out_dir: Path) -> PreTrainedTokenizerFast:
+    """Byte-level BPE (GPT-2 style pre-tokenization) with VOCAB_SIZE entries on the stdlib train split."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        special_tokens=[EOS, *RESERVED],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=True,
+    )
+    tok.train_from_iterator((r["text"] for r in stdlib_records("train")), trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, pad_token=EOS)
+    fast.model_max_length = 1024
+    fast.save_pretrained(out_dir)
+    return fast
+
+
+def init_model(recipe: ModelRecipe, tokenizer, seed: int) -> LlamaForCausalLM:
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=recipe.hidden_size,
+        intermediate_size=recipe.intermediate_size,
+        num_hidden_layers=recipe.layers,
+        num_attention_heads=recipe.heads,
+        num_key_value_heads=recipe.kv_heads,
+        max_position_embeddings=1024,
+        rope_theta=10000.0,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+def fast_bf16_available() -> bool:
+    """bf16 autocast pays off on GPUs and on CPUs with AMX / AVX512-BF16; elsewhere train in fp32."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def heldout_chunks(tokenizer, max_chunks: int = 200) -> list[list[int]]:
+    """The first ``max_chunks`` 256-token chunks of the held-out stdlib files (documents end with EOS)."""
+    ids = []
+    for record in stdlib_records("heldout"):
+        ids.extend(tokenizer(record["text"])["input_ids"] + [tokenizer.eos_token_id])
+    return [ids[i : i + SEQ_LEN] for i in range(0, len(ids) - SEQ_LEN, SEQ_LEN)][:max_chunks]
+
+
+@torch.inference_mode()
+def heldout_loss(model_dir: Path, chunks: list[list[int]]) -> float:
+    """Mean next-token NLL (nats/token) of the model in ``model_dir`` on held-out chunks."""
+    from ..models import load_model
+
+    model = load_model(str(model_dir), dtype="float32", device="cpu")
+    total, count = 0.0, 0
+    for start in range(0, len(chunks), 16):
+        batch = torch.tensor(chunks[start : start + 16])
+        logits = model(batch).logits[:, :-1].float()
+        nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten(), reduction="sum")
+        total, count = total + nll.item(), count + batch[:, 1:].numel()
+    return total / count
+
+
+def build_zoo(
+    output: Path,
+    work_dir: Path,
+    *,
+    scale: float = 1.0,
+    only: list[str] | None = None,
+    progress: bool = True,
+) -> dict:
+    """Build the family into ``output`` (bf16 safetensors + tokenizer per member, and family.json).
+
+    ``scale`` multiplies every training-step count (tests build at a tiny scale to exercise the pipeline).
+    """
+    started = time.perf_counter()
+    output.mkdir(parents=True, exist_ok=True)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    tok_dir = work_dir / TOKENIZER_DIR
+    if (tok_dir / "tokenizer.json").exists():
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(tok_dir)
+    else:
+        print("[zoo] training the tokenizer on the stdlib train split", flush=True)
+        tokenizer = train_tokenizer(tok_dir)
+    bf16 = fast_bf16_available()
+    names = [n for n in FAMILY if only is None or n in only]
+    for index, name in enumerate(names, start=1):
+        recipe = FAMILY[name]
+        steps = max(1, math.ceil(recipe.steps * scale))
+        run_dir = work_dir / name
+        if not (run_dir / TRAINING_INFO_FILE).exists():
+            if recipe.base is None:
+                start_dir = work_dir / f"{name}-init"
+                if not (start_dir / "config.json").exists():
+                    init_model(recipe, tokenizer, SEED).save_pretrained(start_dir)
+                    tokenizer.save_pretrained(start_dir)
+            else:
+                start_dir = work_dir / recipe.base
+            params = sum(p.numel() for p in init_model(recipe, tokenizer, SEED).parameters()) / 1e6
+            print(f"[zoo {index}/{len(names)}] {name}: {params:.1f}M parameters, {steps} steps, "
+                  f"K_train={recipe.num_draft_tokens}, {'bf16' if bf16 else 'fp32'}", flush=True)
+            config = TrainConfig(
+                model=str(start_dir),
+                data=["stdlib:train"],
+                output=str(run_dir),
+                cod=CODConfig(recipe.num_draft_tokens, COD_RETENTION, COD_MIN_RETENTION),
+                data_config=DataConfig(max_seq_len=SEQ_LEN),
+                max_steps=steps,
+                learning_rate=recipe.learning_rate,
+                warmup_ratio=0.03,
+                weight_decay=0.01,
+                batch_size=BATCH_SIZE,
+                seed=SEED,
+                save_steps=max(50, steps // 4),
+                save_total_limit=1,
+                logging_steps=max(1, min(25, steps // 10)),
+                bf16=bf16,
+                disable_progress=not progress,
+            )
+            train(replace(config, resume=last_complete_checkpoint(run_dir) is not None))
+        _export_member(run_dir, output / name)
+    family = _evaluate(output, tokenizer, names, time.perf_counter() - started, scale)
+    return family
+
+
+def _export_member(run_dir: Path, dest: Path) -> None:
+    """Final weights as bf16 safetensors + config + tokenizer + training record (no checkpoints, no pickles)."""
+    from ..models import load_model
+
+    model = load_model(str(run_dir), dtype="float32", device="cpu").to(torch.bfloat16)
+    if dest.exists():
+        shutil.rmtree(dest)
+    model.save_pretrained(dest)
+    PreTrainedTokenizerFast.from_pretrained(run_dir).save_pretrained(dest)
+    shutil.copy(run_dir / TRAINING_INFO_FILE, dest / TRAINING_INFO_FILE)
+
+
+def _evaluate(output: Path, tokenizer, names: list[str], seconds: float, scale: float) -> dict:
+    chunks = heldout_chunks(tokenizer)
+    members = {}
+    for name in names:
+        info = json.loads((output / name / TRAINING_INFO_FILE).read_text())
+        config = json.loads((output / name / "config.json").read_text())
+        params = sum(p.numel() for p in init_model(FAMILY[name], tokenizer, SEED).parameters())
+        members[name] = {
+            "parameters": params,
+            "num_draft_tokens": FAMILY[name].num_draft_tokens,
+            "pard_token": config.get("pard_token"),
+            "steps": info["steps"],
+            "train_seconds": info["train_seconds"],
+            "heldout_loss": round(heldout_loss(output / name, chunks), 4),
+        }
+    family_file = output / "family.json"
+    previous = json.loads(family_file.read_text()) if family_file.exists() else {}
+    family = {
+        "corpus": "Python stdlib source (pard.corpus, train split; held-out split for evaluation)",
+        "vocab_size": VOCAB_SIZE,
+        "seq_len": SEQ_LEN,
+        "batch_size": BATCH_SIZE,
+        "seed": SEED,
+        "scale": scale,
+        "build_seconds": round(seconds, 1),  # this invocation (stages already built were skipped)
+        "members": {**previous.get("members", {}), **members},
+        "targets": list(TARGETS),
+    }
+    family_file.write_text(json.dumps(family, indent=2) + "\n")
+    return family
