@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import statistics
 from pathlib import Path
 
 import torch
@@ -37,3 +38,142 @@ def markdown_table(headers: list[str], rows: list[list]) -> str:
 def write_json(path: Path, data) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def _label(m: dict) -> str:
+    return m["method"] + (f" K={m['k']}" if m["k"] else "")
+
+
+def bench_markdown(summary: dict) -> str:
+    """The paper's table shapes: per configuration tokens/s, speedup over ar, τ and 1-α per dataset (Tables 1/2),
+    speedup against K (Figure 5b) and against batch size (Table 5) when those vary."""
+    rows = summary["measurements"]
+    config = summary["config"]
+    datasets = list(dict.fromkeys(m["dataset"] for m in rows))
+    keys = list(dict.fromkeys((m["target"], m["method"], m["k"], m["batch_size"]) for m in rows))
+    by_key = {(m["target"], m["method"], m["k"], m["batch_size"], m["dataset"]): m for m in rows}
+    headers = ["target", "method", "batch"]
+    for d in datasets:
+        headers += [f"{d} tok/s", f"{d} speedup", f"{d} τ", f"{d} 1-α"]
+    headers.append("mismatches vs ar")
+    table = []
+    for target, method, k, batch in keys:
+        row = [target, _label({"method": method, "k": k}), batch]
+        mismatches = []
+        for d in datasets:
+            m = by_key.get((target, method, k, batch, d))
+            if m is None:
+                row += ["", "", "", ""]
+                continue
+            alpha = m["acceptance_per_position"]
+            row += [f"{m['tokens_per_second']:.1f}", f"{m['speedup']:.2f}x",
+                    "" if m["mean_accepted_length"] is None else f"{m['mean_accepted_length']:.2f}",
+                    f"{alpha[0]:.2f}" if alpha else ""]
+            if m["mismatches"] is not None:
+                mismatches.append(m["mismatches"])
+        row.append(sum(mismatches) if mismatches else "")
+        table.append(row)
+    sampling = "greedy" if config["temperature"] == 0 else f"temperature {config['temperature']}"
+    machine = summary["machine"]
+    text = [
+        markdown_table(headers, table),
+        f"\n{sampling}; {config['num_prompts']} prompts per dataset, up to {config['max_new_tokens']} new tokens; "
+        f"tokens/s = median of {config['repeats']} timed passes after {config['warmup']} warm-up generation(s); "
+        f"speedup = tokens/s over ar on the same target, dataset and batch size in this run; dtype "
+        f"{config['dtype']}; {machine['cpu_cores']} CPU cores ({machine['torch_threads']} torch threads)"
+        f"{', ' + machine['cuda'] if machine['cuda'] else ''}.\n",
+    ]
+    ks = sorted({m["k"] for m in rows if m["k"]})
+    if len(ks) > 1:
+        pivot = []
+        for target, method in dict.fromkeys((m["target"], m["method"]) for m in rows if m["k"]):
+            cells = []
+            for k in ks:
+                ms = [m for m in rows if (m["target"], m["method"], m["k"]) == (target, method, k)]
+                cells.append(f"{statistics.mean(m['speedup'] for m in ms):.2f}x" if ms else "")
+            pivot.append([target, method, *cells])
+        text += ["\nSpeedup over ar against K (mean over datasets and batch sizes):\n\n",
+                 markdown_table(["target", "method", *[f"K={k}" for k in ks]], pivot)]
+    batches = sorted({m["batch_size"] for m in rows})
+    if len(batches) > 1:
+        pivot = []
+        for target, method, k in dict.fromkeys((m["target"], m["method"], m["k"]) for m in rows):
+            cells = []
+            for b in batches:
+                ms = [m for m in rows if (m["target"], m["method"], m["k"], m["batch_size"]) == (target, method, k, b)]
+                cells.append(f"{statistics.mean(m['speedup'] for m in ms):.2f}x" if ms else "")
+            pivot.append([target, _label({"method": method, "k": k}), *cells])
+        text += ["\nSpeedup over ar against batch size (mean over datasets):\n\n",
+                 markdown_table(["target", "method", *[f"bs={b}" for b in batches]], pivot)]
+    return "".join(text)
+
+
+def bench_plots(summary: dict, out_dir: Path) -> list[Path]:
+    """speedup_vs_k.png, acceptance.png, speedup_by_target.png (whichever the measurements support)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = summary["measurements"]
+    written = []
+    targets = list(dict.fromkeys(m["target"] for m in rows))
+    ks = sorted({m["k"] for m in rows if m["k"]})
+    if len(ks) > 1:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for target in targets:
+            for method, style in [("pard", "-o"), ("vsd", "--s"), ("hf-assisted", ":^")]:
+                pts = [(k, statistics.mean(m["speedup"] for m in rows if (m["target"], m["method"], m["k"]) ==
+                                           (target, method, k))) for k in ks
+                       if any((m["target"], m["method"], m["k"]) == (target, method, k) for m in rows)]
+                if pts:
+                    ax.plot(*zip(*pts), style, label=f"{method} · {target}")
+        ax.axhline(1.0, color="gray", lw=0.8)
+        ax.set_xlabel("K (draft tokens per step)")
+        ax.set_ylabel("speedup over AR")
+        ax.legend(fontsize=7)
+        ax.set_title("Speedup vs K")
+        fig.tight_layout()
+        written.append(out_dir / "speedup_vs_k.png")
+        fig.savefig(written[-1], dpi=120)
+        plt.close(fig)
+    with_alpha = [m for m in rows if m["acceptance_per_position"]]
+    if with_alpha:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        kmax = max(m["k"] for m in with_alpha)
+        for m in with_alpha:
+            if m["k"] == kmax and m["batch_size"] == min(x["batch_size"] for x in with_alpha):
+                alpha = m["acceptance_per_position"]
+                ax.plot(range(1, len(alpha) + 1), alpha, "-o" if m["method"] == "pard" else "--s",
+                        label=f"{m['method']} · {m['target']} · {m['dataset']}")
+        ax.set_xlabel("position k")
+        ax.set_ylabel("k-α (first k draft tokens accepted)")
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=7)
+        ax.set_title(f"Acceptance per position (K={kmax})")
+        fig.tight_layout()
+        written.append(out_dir / "acceptance.png")
+        fig.savefig(written[-1], dpi=120)
+        plt.close(fig)
+    methods = [x for x in dict.fromkeys(m["method"] for m in rows) if x != "ar"]
+    batches = sorted({m["batch_size"] for m in rows})
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(targets) * len(batches)), 4))
+    groups = [(t, b) for t in targets for b in batches]
+    width = 0.8 / max(len(methods), 1)
+    for j, method in enumerate(methods):
+        heights = []
+        for t, b in groups:
+            ms = [m for m in rows if (m["target"], m["method"], m["batch_size"]) == (t, method, b)]
+            heights.append(max((m["speedup"] for m in ms), default=0.0))
+        ax.bar([i + j * width for i in range(len(groups))], heights, width, label=f"{method} (best K)")
+    ax.set_xticks([i + width * (len(methods) - 1) / 2 for i in range(len(groups))])
+    ax.set_xticklabels([f"{t}\nbs={b}" for t, b in groups], fontsize=8)
+    ax.axhline(1.0, color="gray", lw=0.8)
+    ax.set_ylabel("speedup over AR")
+    ax.legend(fontsize=7)
+    ax.set_title("Speedup per target and batch size")
+    fig.tight_layout()
+    written.append(out_dir / "speedup_by_target.png")
+    fig.savefig(written[-1], dpi=120)
+    plt.close(fig)
+    return written

@@ -59,6 +59,21 @@ class GenerationStats:
     def tokens_per_second(self) -> float:
         return self.tokens / self.total_seconds if self.total_seconds > 0 else 0.0
 
+    def merged(self, others: list[GenerationStats]) -> GenerationStats:
+        """The counters of several generate calls (e.g. the batches of one benchmark pass) added up."""
+        out = GenerationStats(self.method, self.num_draft_tokens)
+        for s in [self, *others]:
+            out.tokens += s.tokens
+            out.target_forwards += s.target_forwards
+            out.draft_forwards += s.draft_forwards
+            out.accepted_lengths += s.accepted_lengths
+            out.drafted_lengths += s.drafted_lengths
+            out.prefill_seconds += s.prefill_seconds
+            out.draft_seconds += s.draft_seconds
+            out.verify_seconds += s.verify_seconds
+            out.total_seconds += s.total_seconds
+        return out
+
     def to_dict(self) -> dict:
         return {
             "method": self.method,

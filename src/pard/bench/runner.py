@@ -1,0 +1,257 @@
+"""`pard bench`: methods x targets x K x batch size x datasets, side by side in one run.
+
+Methods: our engine's ``ar``, ``vsd`` and ``pard``, and transformers' own ``generate`` as peers: plain greedy
+(``hf-ar``), assisted generation with the same AR draft (``hf-assisted``) and prompt lookup
+(``hf-prompt-lookup``). Each configuration runs ``warmup`` untimed generations, then ``repeats`` timed passes
+over all prompts; the reported tokens/s is the median over repeats, and speedups divide by ``ar`` on the same
+target, dataset and batch size from the same run. Greedy runs compare every output with ``ar``'s.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..decoding import SamplingConfig, SpeculativeDecoder
+from ..errors import InvalidArgumentError
+from ..models import load_model, load_tokenizer
+from ..prompts import encode_prompt, eos_token_ids
+from .datasets import load_prompts
+from .report import machine_info, write_json
+
+ENGINE_METHODS = ("ar", "vsd", "pard")
+HF_METHODS = ("hf-ar", "hf-assisted", "hf-prompt-lookup")
+ALL_METHODS = ENGINE_METHODS + HF_METHODS
+USES_K = {"vsd", "pard", "hf-assisted", "hf-prompt-lookup"}
+BATCHED = {"ar", "vsd", "pard", "hf-ar"}  # transformers' assisted/prompt-lookup decoding is batch-1 only
+
+
+@dataclass
+class BenchConfig:
+    targets: list[str] = field(default_factory=lambda: ["zoo:large"])
+    draft: str | None = "zoo:pard"  # the parallel draft (method pard)
+    ar_draft: str | None = "zoo:draft"  # the autoregressive draft (vsd, hf-assisted)
+    methods: list[str] = field(default_factory=lambda: list(ALL_METHODS))
+    datasets: list[str] = field(default_factory=lambda: ["humaneval"])
+    ks: list[int] = field(default_factory=lambda: [8])
+    batch_sizes: list[int] = field(default_factory=lambda: [1])
+    num_prompts: int = 10
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+    repeats: int = 3
+    warmup: int = 1
+    seed: int = 0
+    dtype: str = "auto"
+    device: str = "auto"
+    chat_template: bool = True
+    prompt_field: str | None = None
+    output: str = "bench-results/latest"
+
+    def validate(self) -> None:
+        unknown = set(self.methods) - set(ALL_METHODS)
+        if unknown:
+            raise InvalidArgumentError(f"unknown method(s) {sorted(unknown)}; choose from {', '.join(ALL_METHODS)}")
+        if "pard" in self.methods and not self.draft:
+            raise InvalidArgumentError("method pard needs --draft")
+        if {"vsd", "hf-assisted"} & set(self.methods) and not self.ar_draft:
+            raise InvalidArgumentError("methods vsd / hf-assisted need --ar-draft")
+        if min(self.ks) < 1 or min(self.batch_sizes) < 1 or self.repeats < 1 or self.num_prompts < 1:
+            raise InvalidArgumentError("K, batch sizes, repeats and --num-prompts must be >= 1")
+
+
+@dataclass
+class Measurement:
+    """One configuration, all prompts: the medians and acceptance statistics."""
+
+    target: str
+    dataset: str
+    method: str
+    k: int | None
+    batch_size: int
+    tokens: int
+    tokens_per_second: float
+    seconds: list[float]
+    mean_accepted_length: float | None = None
+    acceptance_per_position: list[float] | None = None
+    draft_seconds: float | None = None
+    verify_seconds: float | None = None
+    mismatches: int | None = None  # greedy: outputs differing from ar's (must be 0)
+    speedup: float | None = None
+
+
+def run_bench(config: BenchConfig) -> dict:
+    """Run every configuration; write generations.jsonl and summary.json under ``config.output``."""
+    config.validate()
+    out_dir = Path(config.output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sampling = SamplingConfig(config.temperature, config.top_k, config.top_p)
+    drafts = {
+        "pard": _load(config.draft, config) if "pard" in config.methods else None,
+        "ar": _load(config.ar_draft, config) if {"vsd", "hf-assisted"} & set(config.methods) else None,
+    }
+    # ar first: it is every speedup's denominator and every greedy output's reference.
+    methods = ["ar"] + [m for m in config.methods if m != "ar"]
+    plan = _plan(config, methods)
+    measurements: list[Measurement] = []
+    log = (out_dir / "generations.jsonl").open("w")
+    total = len(plan) * len(config.targets) * len(config.datasets) * len(config.batch_sizes)
+    bar = tqdm(total=total, desc="bench", unit="config")
+    truncated = {}
+    for target_spec in config.targets:
+        target = _load(target_spec, config)
+        tokenizer = load_tokenizer(target_spec)
+        eos = eos_token_ids(tokenizer, target)
+        for dataset in config.datasets:
+            prompts = load_prompts(dataset, limit=config.num_prompts, prompt_field=config.prompt_field)
+            ids = [encode_prompt(tokenizer, p.text, chat_template=config.chat_template) for p in prompts]
+            ids, truncated[f"{target_spec} {dataset}"] = _fit_context(ids, target, config.max_new_tokens)
+            for batch_size in config.batch_sizes:
+                batches = [list(range(i, min(i + batch_size, len(ids)))) for i in range(0, len(ids), batch_size)]
+                reference = None
+                for method, k in plan:
+                    if batch_size > 1 and method not in BATCHED:
+                        bar.update()
+                        continue
+                    bar.set_postfix_str(f"{target_spec} {dataset} {method} K={k} B={batch_size}")
+                    run = _runner(method, k, target, drafts, tokenizer, sampling, eos, config)
+                    m, outputs = _measure(run, ids, batches, config)
+                    m.target, m.dataset, m.method, m.k, m.batch_size = target_spec, dataset, method, k, batch_size
+                    if method == "ar":
+                        reference = outputs
+                    elif sampling.greedy:
+                        m.mismatches = sum(a != b for a, b in zip(outputs, reference))
+                    measurements.append(m)
+                    for i, out in enumerate(outputs):
+                        log.write(_json_line(m, prompts[i].id, out, reference[i] if reference else None))
+                    bar.update()
+        del target
+    bar.close()
+    log.close()
+    _add_speedups(measurements)
+    summary = {
+        "config": asdict(config),
+        "machine": machine_info(),
+        "truncated_prompts": {key: n for key, n in truncated.items() if n},
+        "measurements": [asdict(m) for m in measurements],
+    }
+    write_json(out_dir / "summary.json", summary)
+    return summary
+
+
+def _fit_context(ids: list[list[int]], model, max_new_tokens: int) -> tuple[list[list[int]], int]:
+    """Keep the last tokens of prompts too long to leave room for max_new_tokens (code benchmarks complete the
+    end of a file, so its end matters most); return the prompts and how many were cut."""
+    from ..models import context_window
+
+    window = context_window(model)
+    if window is None:
+        return ids, 0
+    room = max(window - max_new_tokens, 1)
+    return [p[-room:] for p in ids], sum(len(p) > room for p in ids)
+
+
+def _plan(config: BenchConfig, methods: list[str]) -> list[tuple[str, int | None]]:
+    plan = []
+    for method in methods:
+        for k in config.ks if method in USES_K else [None]:
+            plan.append((method, k))
+    return plan
+
+
+def _load(spec: str, config: BenchConfig):
+    return load_model(spec, dtype=config.dtype, device=config.device)
+
+
+def _runner(method, k, target, drafts, tokenizer, sampling, eos, config):
+    """A function batch-of-token-lists -> (outputs, GenerationStats | None)."""
+    if method in ENGINE_METHODS:
+        draft = {"ar": None, "vsd": drafts["ar"], "pard": drafts["pard"]}[method]
+        decoder = SpeculativeDecoder(target, draft, method=method, num_draft_tokens=k or 1)
+
+        def run(batch, seed):
+            out = decoder.generate(batch, max_new_tokens=config.max_new_tokens, sampling=sampling,
+                                   eos_token_id=eos, seed=seed)
+            return out.sequences, out.stats
+
+        return run
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos), 0)
+    kwargs = {"max_new_tokens": config.max_new_tokens, "pad_token_id": pad, "eos_token_id": sorted(eos) or None}
+    if sampling.greedy:
+        kwargs["do_sample"] = False
+    else:
+        kwargs.update(do_sample=True, temperature=sampling.temperature, top_k=sampling.top_k or 0,
+                      top_p=sampling.top_p or 1.0)
+    if method == "hf-assisted":
+        # Same draft and K as vsd, constant schedule: the side-by-side comparison of the verification loop.
+        kwargs.update(assistant_model=drafts["ar"], num_assistant_tokens=k,
+                      num_assistant_tokens_schedule="constant", assistant_confidence_threshold=0.0)
+    elif method == "hf-prompt-lookup":
+        kwargs.update(prompt_lookup_num_tokens=k)
+
+    def run(batch, seed):
+        torch.manual_seed(seed)
+        width = max(map(len, batch))
+        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(input_ids)
+        for i, row in enumerate(batch):  # left padding, as transformers' generate expects
+            input_ids[i, width - len(row):] = torch.tensor(row)
+            mask[i, width - len(row):] = 1
+        with torch.inference_mode():
+            out = target.generate(input_ids.to(target.device), attention_mask=mask.to(target.device), **kwargs)
+        sequences = []
+        for row in out[:, width:].tolist():
+            cut = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
+            sequences.append(row[:cut])
+        return sequences, None
+
+    return run
+
+
+def _measure(run, ids, batches, config: BenchConfig) -> tuple[Measurement, list[list[int]]]:
+    for w in range(config.warmup):
+        run([ids[i] for i in batches[w % len(batches)]], config.seed)
+    seconds, stats_of_last = [], []
+    outputs: list[list[int]] = [[] for _ in ids]
+    for repeat in range(config.repeats):
+        total, stats_of_last = 0.0, []
+        for batch in batches:
+            start = time.perf_counter()
+            sequences, stats = run([ids[i] for i in batch], config.seed + repeat)
+            total += time.perf_counter() - start
+            for i, seq in zip(batch, sequences):
+                outputs[i] = seq
+            if stats is not None:
+                stats_of_last.append(stats)
+        seconds.append(total)
+    tokens = sum(map(len, outputs))
+    m = Measurement("", "", "", None, 0, tokens, tokens / statistics.median(seconds), seconds)
+    if stats_of_last:
+        merged = stats_of_last[0].merged(stats_of_last[1:])
+        m.mean_accepted_length = merged.mean_accepted_length
+        m.acceptance_per_position = merged.acceptance_per_position
+        m.draft_seconds, m.verify_seconds = merged.draft_seconds, merged.verify_seconds
+    return m, outputs
+
+
+def _add_speedups(measurements: list[Measurement]) -> None:
+    base = {(m.target, m.dataset, m.batch_size): m.tokens_per_second for m in measurements if m.method == "ar"}
+    for m in measurements:
+        m.speedup = m.tokens_per_second / base[(m.target, m.dataset, m.batch_size)]
+
+
+def _json_line(m: Measurement, prompt_id: str, output: list[int], reference: list[int] | None) -> str:
+    import json
+
+    return json.dumps({
+        "target": m.target, "dataset": m.dataset, "method": m.method, "k": m.k, "batch_size": m.batch_size,
+        "prompt_id": prompt_id, "tokens": len(output), "matches_ar": None if reference is None else output == reference,
+        "output_ids": output,
+    }) + "\n"

@@ -1,0 +1,69 @@
+"""`pard bench`: dataset loaders and a tiny end-to-end run (the numbers themselves are never asserted)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pard.bench.datasets import load_prompts
+from pard.cli import main
+from pard.errors import DataError
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def test_humaneval_offline():
+    prompts = load_prompts("humaneval")
+    assert len(prompts) == 164 and prompts[0].id == "HumanEval/0" and "def has_close_elements" in prompts[0].text
+
+
+def test_stdlib_heldout_prompts():
+    prompts = load_prompts("stdlib", limit=5)
+    assert len(prompts) == 5 and all(p.text.strip() for p in prompts)
+
+
+@pytest.mark.skipif(not SHARED.exists(), reason="needs ../shared/data (offline copies of GSM8K and Spec-Bench)")
+def test_named_benchmarks_from_local_copies():
+    gsm = load_prompts(f"gsm8k={SHARED / 'gsm8k_test.jsonl'}")
+    assert len(gsm) == 1319 and gsm[0].text.startswith("Janet")
+    spec = load_prompts(f"spec-bench={SHARED / 'specbench_question.jsonl'}", limit=3)
+    assert spec[0].id == "81" and spec[0].text.startswith("Compose an engaging travel blog")
+
+
+def test_local_jsonl_with_field(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"id": "a", "instruction": "write"}\n{"id": "b", "instruction": "read"}\n')
+    assert [p.text for p in load_prompts(str(path), prompt_field="instruction")] == ["write", "read"]
+    with pytest.raises(DataError, match="no prompt field"):
+        load_prompts(str(path))
+    with pytest.raises(DataError, match="unknown dataset"):
+        load_prompts("nope")
+
+
+def test_offline_hub_dataset_says_how_to_use_a_local_copy():
+    with pytest.raises(DataError, match="gsm8k=PATH.jsonl"):
+        load_prompts("gsm8k")
+
+
+def test_bench_end_to_end(tmp_path, capsys):
+    out = tmp_path / "bench"
+    code = main(["bench", "--targets", "tiny:llama", "tiny:qwen2", "--draft", "tiny:pard", "--ar-draft", "tiny:draft",
+                 "--datasets", "humaneval", "--ks", "1", "3", "--batch-sizes", "1", "2", "--num-prompts", "3",
+                 "--max-new-tokens", "8", "--repeats", "1", "--output", str(out)])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    rows = summary["measurements"]
+    methods = {m["method"] for m in rows}
+    assert methods == {"ar", "vsd", "pard", "hf-ar", "hf-assisted", "hf-prompt-lookup"}
+    assert {m["target"] for m in rows} == {"tiny:llama", "tiny:qwen2"}
+    # Greedy: every method reproduced ar's outputs (transformers' too).
+    assert all(m["mismatches"] == 0 for m in rows if m["method"] != "ar")
+    assert all(m["speedup"] > 0 for m in rows)
+    assert all(len(m["acceptance_per_position"]) == m["k"] for m in rows if m["method"] in {"vsd", "pard"})
+    # transformers' assisted / prompt-lookup decoding only run at batch size 1.
+    assert not [m for m in rows if m["method"] in {"hf-assisted", "hf-prompt-lookup"} and m["batch_size"] > 1]
+    lines = (out / "generations.jsonl").read_text().splitlines()
+    assert json.loads(lines[0])["matches_ar"] is True
+    for name in ["results.md", "speedup_vs_k.png", "acceptance.png", "speedup_by_target.png"]:
+        assert (out / name).stat().st_size > 0
+    assert "greedy outputs differing from ar: 0" in capsys.readouterr().out
