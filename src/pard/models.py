@@ -31,6 +31,19 @@ def mask_token_ids_of(config: PretrainedConfig) -> list[int] | None:
     return None
 
 
+def load_config(spec: str, *, trust_remote_code: bool = False) -> PretrainedConfig:
+    """The config of ``spec`` without loading weights."""
+    from transformers import AutoConfig
+
+    spec = resolve_spec(spec)
+    if spec.startswith("tiny:"):
+        return load_model(spec, device="cpu").config
+    try:
+        return AutoConfig.from_pretrained(spec, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"could not load the config of {spec!r}: {_first_line(err)}") from err
+
+
 def draft_kind(config: PretrainedConfig) -> str:
     """``"pard"`` when the config carries an integer ``pard_token`` (``spd_type: "pard"`` may accompany it), else
     ``"ar"``."""
@@ -57,14 +70,17 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return device
 
 
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """``None``/"auto" -> bfloat16 on CUDA, float32 on CPU (exact and fast enough there)."""
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype | str:
+    """``None``/"auto" -> bfloat16 on CUDA, float32 on CPU (exact and fast enough there); "checkpoint" keeps the
+    dtype the weights are stored in."""
     if isinstance(dtype, torch.dtype):
         return dtype
+    if dtype == "checkpoint":
+        return "auto"  # transformers' name for "as stored"
     if dtype in (None, "auto"):
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if dtype not in DTYPES:
-        raise InvalidArgumentError(f"unknown dtype {dtype!r}; choose auto, {', '.join(DTYPES)}")
+        raise InvalidArgumentError(f"unknown dtype {dtype!r}; choose auto, checkpoint, {', '.join(DTYPES)}")
     return DTYPES[dtype]
 
 
@@ -78,14 +94,14 @@ def load_model(
     """Load a causal LM by hub id, local directory or ``tiny:NAME``, in eval mode on ``device``."""
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
-    spec = _resolve_zoo(spec)
+    spec = resolve_spec(spec)
     if spec.startswith("tiny:"):
         from .tiny import TINY_MODELS, tiny_model
 
         name = spec.removeprefix("tiny:")
         if name not in TINY_MODELS:
             raise ModelLoadError(f"unknown tiny model {name!r}; choose one of {', '.join(TINY_MODELS)}")
-        model = tiny_model(name).to(dtype)
+        model = tiny_model(name).to(torch.float32 if dtype == "auto" else dtype)
     else:
         try:
             model = AutoModelForCausalLM.from_pretrained(
@@ -98,7 +114,7 @@ def load_model(
 
 def load_tokenizer(spec: str, *, trust_remote_code: bool = False):
     """The tokenizer that goes with ``spec`` (the byte-level one for ``tiny:`` models)."""
-    spec = _resolve_zoo(spec)
+    spec = resolve_spec(spec)
     if spec.startswith("tiny:"):
         from .tiny import byte_tokenizer
 
@@ -109,23 +125,28 @@ def load_tokenizer(spec: str, *, trust_remote_code: bool = False):
         raise ModelLoadError(f"could not load the tokenizer of {spec!r}: {_first_line(err)}") from err
 
 
+def check_tokenizers(target_tokenizer, draft_tokenizer) -> None:
+    """Every token of the target's vocabulary must have the same id in the draft's (the draft may have more,
+    e.g. an added mask token); else :class:`VocabularyMismatchError`."""
+    target_vocab, draft_vocab = target_tokenizer.get_vocab(), draft_tokenizer.get_vocab()
+    wrong = [tok for tok, i in target_vocab.items() if draft_vocab.get(tok) != i]
+    if wrong:
+        tok = min(wrong, key=lambda t: target_vocab[t])
+        raise VocabularyMismatchError(
+            f"the draft's tokenizer does not match the target's: {len(wrong)} of {len(target_vocab)} target "
+            f"tokens are missing or numbered differently (e.g. {tok!r}: target id {target_vocab[tok]}, draft id "
+            f"{draft_vocab.get(tok)}); target and draft must come from one model family"
+        )
+
+
 def check_compatible(target: PreTrainedModel, draft: PreTrainedModel, target_tokenizer=None, draft_tokenizer=None):
     """Raise :class:`VocabularyMismatchError` unless draft token ids mean the same tokens to the target.
 
-    With both tokenizers: every token of the target's vocabulary must have the same id in the draft's (the draft
-    may have more, e.g. an added mask token). The models' output sizes may then differ (vocabulary padding).
-    Without tokenizers, the output sizes must be equal.
+    With both tokenizers, :func:`check_tokenizers` decides and the models' output sizes may differ (vocabulary
+    padding). Without tokenizers, the output sizes must be equal.
     """
     if target_tokenizer is not None and draft_tokenizer is not None:
-        target_vocab, draft_vocab = target_tokenizer.get_vocab(), draft_tokenizer.get_vocab()
-        wrong = [tok for tok, i in target_vocab.items() if draft_vocab.get(tok) != i]
-        if wrong:
-            tok = min(wrong, key=lambda t: target_vocab[t])
-            raise VocabularyMismatchError(
-                f"the draft's tokenizer does not match the target's: {len(wrong)} of {len(target_vocab)} target "
-                f"tokens are missing or numbered differently (e.g. {tok!r}: target id {target_vocab[tok]}, draft id "
-                f"{draft_vocab.get(tok)}); target and draft must come from one model family"
-            )
+        check_tokenizers(target_tokenizer, draft_tokenizer)
         return
     if vocab_size(target) != vocab_size(draft):
         raise VocabularyMismatchError(
@@ -167,7 +188,7 @@ def load_pair(
     return ModelPair(target_model, tokenizer, draft_model, draft_tokenizer)
 
 
-def _resolve_zoo(spec: str) -> str:
+def resolve_spec(spec: str) -> str:
     """``zoo:NAME`` -> the member's directory inside the package; anything else unchanged."""
     if not spec.startswith("zoo:"):
         return spec

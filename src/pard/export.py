@@ -1,0 +1,156 @@
+"""`pard export`: a self-contained PARD draft directory that upstream vLLM serves as a parallel draft.
+
+Writes safetensors weights, a ``config.json`` with ``pard_token`` and ``spd_type: "pard"``, the tokenizer, the
+training record when there is one, and a model card with the exact ``vllm serve`` line.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from .errors import InvalidArgumentError, NotAParallelDraftError
+from .models import (
+    PARD_TOKEN_KEY,
+    resolve_spec,
+    check_tokenizers,
+    load_config,
+    load_model,
+    load_tokenizer,
+    mask_token_ids_of,
+)
+from .training.trainer import TRAINING_INFO_FILE
+from .vllm import serve_command, shell_line
+
+# Other names under which drafts in the wild store their mask token id.
+ALTERNATE_MASK_KEYS = ("mask_token_id", "pard_mask_token_id", "pard_mask_token", "mask_id", "parallel_mask_token")
+
+
+def find_mask_token(config, mask_token_id: int | None = None, mask_key: str | None = None) -> tuple[int, str | None]:
+    """The draft's mask id and the config key it was found under (None when given explicitly)."""
+    if mask_token_id is not None:
+        return mask_token_id, None
+    keys = [mask_key] if mask_key else [PARD_TOKEN_KEY, *ALTERNATE_MASK_KEYS]
+    for key in keys:
+        ids = mask_token_ids_of(_Shim(getattr(config, key, None)))
+        if ids:
+            if len(ids) > 1:
+                raise InvalidArgumentError(
+                    f"the draft uses distinct mask ids per position ({ids}); vLLM's parallel drafting takes one id"
+                )
+            return ids[0], key
+    raise NotAParallelDraftError(
+        f"no mask token id found in the draft's config (looked for {', '.join(keys)}); pass --mask-token-id ID "
+        "or --mask-key NAME"
+    )
+
+
+class _Shim:
+    """Lets :func:`mask_token_ids_of` read any key as if it were ``pard_token``."""
+
+    def __init__(self, value):
+        setattr(self, PARD_TOKEN_KEY, value)
+
+
+def validate_pair(draft_tokenizer, target: str, mask_id: int, *, trust_remote_code: bool = False) -> None:
+    """Refuse a target the draft cannot serve: different tokenizer, or a mask id outside its vocabulary."""
+    check_tokenizers(load_tokenizer(target, trust_remote_code=trust_remote_code), draft_tokenizer)
+    target_vocab = load_config(target, trust_remote_code=trust_remote_code).get_text_config().vocab_size
+    if not 0 <= mask_id < target_vocab:
+        raise InvalidArgumentError(
+            f"the draft's mask token id {mask_id} is outside the target's vocabulary (size {target_vocab}); vLLM "
+            "needs the mask id inside it: retrain with a reserved id of the family's tokenizer (--mask-token-id)"
+        )
+
+
+def export_draft(
+    draft: str,
+    output: str | Path,
+    *,
+    target: str | None = None,
+    num_draft_tokens: int = 8,
+    mask_token_id: int | None = None,
+    mask_key: str | None = None,
+    trust_remote_code: bool = False,
+) -> Path:
+    output = Path(output)
+    config = load_config(draft, trust_remote_code=trust_remote_code)
+    mask_id, found_under = find_mask_token(config, mask_token_id, mask_key)
+    tokenizer = load_tokenizer(draft, trust_remote_code=trust_remote_code)
+    model = load_model(draft, dtype="checkpoint", device="cpu", trust_remote_code=trust_remote_code)
+    rows = model.get_input_embeddings().num_embeddings
+    if not 0 <= mask_id < rows:
+        raise InvalidArgumentError(f"mask token id {mask_id} is outside the draft's embedding table (size {rows})")
+    if target:
+        validate_pair(tokenizer, target, mask_id, trust_remote_code=trust_remote_code)
+    if found_under and found_under != PARD_TOKEN_KEY and hasattr(model.config, found_under):
+        delattr(model.config, found_under)
+    setattr(model.config, PARD_TOKEN_KEY, mask_id)
+    model.config.spd_type = "pard"
+    output.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(output)  # safetensors
+    tokenizer.save_pretrained(output)
+    source = Path(resolve_spec(draft))
+    info = None
+    if (source / TRAINING_INFO_FILE).exists():
+        if source.resolve() != output.resolve():
+            shutil.copy(source / TRAINING_INFO_FILE, output / TRAINING_INFO_FILE)
+        info = json.loads((source / TRAINING_INFO_FILE).read_text())
+    (output / "README.md").write_text(model_card(output, draft, mask_id, info, target, num_draft_tokens))
+    return output
+
+
+def model_card(output: Path, source: str, mask_id: int, info: dict | None, target: str | None, k: int) -> str:
+    target_name = target or "YOUR_TARGET_MODEL"
+    vllm = shell_line(serve_command(target_name, str(output), k))
+    lines = [
+        "---",
+        "library_name: transformers",
+        "tags: [pard, speculative-decoding, draft-model]",
+        *([f"base_model: {info['base_model']}"] if info and "/" in str(info.get("base_model", "")) else []),
+        "---",
+        "",
+        f"# PARD draft: {output.name}",
+        "",
+        "A parallel draft model for speculative decoding (PARD): one forward pass proposes K tokens, with mask "
+        f"token id **{mask_id}** (`pard_token` in `config.json`) standing in for the tokens not yet seen. It "
+        "serves every target that shares its tokenizer.",
+        "",
+        f"Exported from `{source}` by `pard export`.",
+        "",
+        "## Training",
+        "",
+    ]
+    if info:
+        lines += [
+            "| setting | value |",
+            "|---|---|",
+            f"| base model | `{info.get('base_model')}` |",
+            f"| K_train | {info.get('num_draft_tokens')} |",
+            f"| COD r / r_min | {info.get('retention')} / {info.get('min_retention')} |",
+            f"| data | {', '.join(f'`{d}`' for d in info.get('data', []))} |",
+            f"| steps | {info.get('steps')} (batch {info.get('batch_size')}, max length {info.get('max_seq_len')}) |",
+            f"| learning rate | {info.get('learning_rate')} |",
+            f"| final loss | {info.get('final_loss')} |",
+            "",
+        ]
+    else:
+        lines += ["No training record (`pard_training.json`) came with the source draft.", ""]
+    lines += [
+        "## Use with vLLM",
+        "",
+        "```bash",
+        vllm,
+        "```",
+        "",
+        "or `pard serve --target TARGET --draft THIS_DIR -k 8` (needs `pip install 'pard-spec[vllm]'`).",
+        "",
+        "## Use with pard",
+        "",
+        "```bash",
+        f"pard generate --target {target_name} --draft {output} -k {k} \"def quicksort(xs):\"",
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
