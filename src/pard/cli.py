@@ -73,6 +73,28 @@ def _build_parser() -> argparse.ArgumentParser:
 
     _add_bench_parsers(sub)
 
+    rg = sub.add_parser("regenerate", help="rewrite a dataset's responses with the target (resumable JSONL)")
+    rg.add_argument("--target", required=True)
+    rg.add_argument("--data", required=True, nargs="+", help="as for `pard train`")
+    rg.add_argument("--output", required=True, help="JSONL file; appended to, and resumed from, if it exists")
+    rg.add_argument("--draft", help="speed up with a draft (greedy output is identical)")
+    rg.add_argument("-k", "--num-draft-tokens", type=int, default=8)
+    rg.add_argument("--max-new-tokens", type=int, default=256)
+    prefix = rg.add_mutually_exclusive_group()
+    prefix.add_argument("--prefix-tokens", type=int, default=64, help="plain text: keep this many tokens")
+    prefix.add_argument("--prefix-fraction", type=float, help="plain text: keep this fraction of each record")
+    rg.add_argument("--temperature", type=float, default=0.0)
+    rg.add_argument("--top-p", type=float)
+    rg.add_argument("--batch-size", type=int, default=8)
+    rg.add_argument("--limit", type=int, help="only the first N records")
+    rg.add_argument("--seed", type=int, default=0)
+    rg.add_argument("--text-field", default="text")
+    rg.add_argument("--messages-field", default="messages")
+    rg.add_argument("--dtype", default="auto")
+    rg.add_argument("--device", default="auto")
+    rg.add_argument("--trust-remote-code", action="store_true")
+    rg.set_defaults(func=_cmd_regenerate)
+
     ex = sub.add_parser("export", help="write a self-contained PARD draft that upstream vLLM serves")
     ex.add_argument("draft", help="the PARD draft (hub id, local dir, zoo:pard)")
     ex.add_argument("--output", required=True, help="directory to write")
@@ -202,6 +224,23 @@ def _print_demo_texts(generations: Path, count: int) -> None:
         same = all(r["matches_ar"] for r in records if r["prompt_id"] == record["prompt_id"])
         print(f"\n── {record['prompt_id']} (identical output from ar, vsd and pard: {'yes' if same else 'NO'}) ──")
         print(prompts[record["prompt_id"]] + tokenizer.decode(record["output_ids"]))
+
+
+def _cmd_regenerate(args) -> int:
+    from .decoding import SamplingConfig
+    from .regenerate import RegenerateConfig, regenerate
+    from .training.data import DataConfig
+
+    config = RegenerateConfig(
+        target=args.target, data=args.data, output=args.output, draft=args.draft,
+        num_draft_tokens=args.num_draft_tokens, max_new_tokens=args.max_new_tokens,
+        prefix_tokens=None if args.prefix_fraction else args.prefix_tokens, prefix_fraction=args.prefix_fraction,
+        sampling=SamplingConfig(args.temperature, None, args.top_p), batch_size=args.batch_size, seed=args.seed,
+        limit=args.limit, data_config=DataConfig(text_field=args.text_field, messages_field=args.messages_field),
+        dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code,
+    )
+    print(f"wrote {regenerate(config)}", file=sys.stderr)
+    return 0
 
 
 def _cmd_export(args) -> int:
@@ -351,6 +390,9 @@ def _add_train_parser(sub) -> None:
     tr.add_argument("--report-to", default="none", help=_help(TrainConfig, "report_to"))
     tr.add_argument("--trust-remote-code", action="store_true", help=_help(TrainConfig, "trust_remote_code"))
     tr.add_argument("--no-progress", action="store_true", help=_help(TrainConfig, "disable_progress"))
+    tr.add_argument("--distill-from", metavar="TARGET", help=_help(TrainConfig, "distill_from"))
+    tr.add_argument("--kd-weight", type=float, default=1.0, help=_help(TrainConfig, "kd_weight"))
+    tr.add_argument("--kd-temperature", type=float, default=1.0, help=_help(TrainConfig, "kd_temperature"))
     tr.set_defaults(func=_cmd_train)
 
 
@@ -392,6 +434,9 @@ def _cmd_train(args) -> int:
         trust_remote_code=args.trust_remote_code,
         report_to=args.report_to,
         disable_progress=args.no_progress,
+        distill_from=args.distill_from,
+        kd_weight=args.kd_weight,
+        kd_temperature=args.kd_temperature,
     )
     output = train(config)
     if os.environ.get("RANK", "0") == "0":  # once, not per process under torchrun

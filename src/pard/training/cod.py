@@ -72,6 +72,7 @@ class PackedSample:
     position_ids: np.ndarray
     anchors: np.ndarray  # position of the last real token visible to this token
     depths: np.ndarray  # 0 = real token, d = d-th mask token of its chain
+    source_ids: np.ndarray | None = None  # x_0..x_{N-1}, what a distillation teacher reads
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -131,7 +132,7 @@ def build_cod_sample(
             )
         )
     input_ids, labels, position_ids, anchors, depths = (np.concatenate(cols) for cols in zip(*parts))
-    return PackedSample(input_ids, labels, position_ids, anchors, depths)
+    return PackedSample(input_ids, labels, position_ids, anchors, depths, x)
 
 
 def _stochastic_round(value: float, rng: np.random.Generator) -> int:

@@ -23,6 +23,7 @@ class CODCollator:
     attn_implementation: str = "sdpa"
     dtype: torch.dtype = torch.float32
     pad_to_multiple_of: int | None = None
+    with_source: bool = False  # also return the real sequences as ``teacher_input_ids`` (B, N), for distillation
 
     def __post_init__(self):
         if self.attn_implementation.startswith("flash_attention"):
@@ -47,6 +48,11 @@ class CODCollator:
             "labels": stack("labels", IGNORE_INDEX),
             "position_ids": stack("position_ids", 0),
         }
+        if self.with_source:
+            source = torch.full((len(samples), max(len(s.source_ids) for s in samples)), self.pad_token_id)
+            for i, s in enumerate(samples):
+                source[i, : len(s.source_ids)] = torch.from_numpy(s.source_ids)
+            batch["teacher_input_ids"] = source
         depths = stack("depths", -1)  # -1 marks padding
         if (depths <= 0).all():
             # K = 1 (plain next-token training): real tokens in order, padding only at the end of rows, so the

@@ -15,15 +15,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from transformers import AddedToken, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..errors import InvalidArgumentError
-from ..models import PARD_TOKEN_KEY, load_model, load_tokenizer, resolve_device
+from ..models import PARD_TOKEN_KEY, check_tokenizers, load_model, load_tokenizer, resolve_device
 from .cod import IGNORE_INDEX, CODConfig, build_cod_sample
 from .collator import CODCollator
+from .loss import kd_loss, pard_loss, teacher_distributions
 from .data import DataConfig, load_training_sequences
 
 ADDED_MASK_TOKEN = "<|pard_mask|>"
@@ -63,6 +63,11 @@ class TrainConfig:
     trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the hub"})
     report_to: str = field(default="none", metadata={"help": "tensorboard, wandb, ... (none by default)"})
     disable_progress: bool = field(default=False, metadata={"help": "no progress bar (logs only)"})
+    distill_from: str | None = field(
+        default=None, metadata={"help": "add a KL term towards this target's distributions (token-level alignment)"}
+    )
+    kd_weight: float = field(default=1.0, metadata={"help": "weight of the distillation term"})
+    kd_temperature: float = field(default=1.0, metadata={"help": "softmax temperature of the distillation term"})
 
 
 class CODDataset(torch.utils.data.Dataset):
@@ -85,25 +90,29 @@ class CODDataset(torch.utils.data.Dataset):
         return build_cod_sample(chunk["input_ids"], self.cod, self.mask_token_ids, rng, chunk["trainable"])
 
 
-def pard_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over every trained position of the packed batch — all K subtasks pooled (the sum of
-    Eq. 8's per-subtask losses, weighted by how many positions COD kept of each). Labels are not shifted."""
-    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
-
-
 class PardTrainer(Trainer):
-    """The Trainer with the PARD loss, and a count of the packed tokens it processes (for tokens/s)."""
+    """The Trainer with the PARD loss (+ distillation from a frozen ``teacher``), counting the packed tokens it
+    processes (padding included: what the compute is spent on)."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, teacher=None, kd_weight: float = 1.0, kd_temperature: float = 1.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.model_accepts_loss_kwargs = False  # our loss is a per-micro-batch mean; let the Trainer scale for GA
         self.tokens_seen = 0
+        self.teacher = teacher.to(self.args.device).eval().requires_grad_(False) if teacher is not None else None
+        self.kd_weight, self.kd_temperature = kd_weight, kd_temperature
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels")
-        self.tokens_seen += int((inputs["position_ids"] >= 0).sum()) if "position_ids" in inputs else 0
+        teacher_ids = inputs.pop("teacher_input_ids", None)
+        self.tokens_seen += int(labels.numel())
         outputs = model(**inputs, use_cache=False)
         loss = pard_loss(outputs.logits, labels)
+        if self.teacher is not None:
+            with torch.no_grad():
+                teacher_logits = self.teacher(input_ids=teacher_ids, use_cache=False).logits  # (B, N, V_t)
+            target = teacher_distributions(teacher_logits, inputs["position_ids"], outputs.logits.shape[-1])
+            loss = loss + self.kd_weight * kd_loss(outputs.logits, target, labels != IGNORE_INDEX,
+                                                   self.kd_temperature)
         return (loss, outputs) if return_outputs else loss
 
 
@@ -215,12 +224,19 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
         report_to=config.report_to,
         disable_tqdm=config.disable_progress,
     )  # checkpoints and the final model are safetensors (the only format transformers 5 writes)
+    teacher = None
+    if config.distill_from:
+        check_tokenizers(load_tokenizer(config.distill_from, trust_remote_code=config.trust_remote_code), tokenizer)
+        teacher = load_model(config.distill_from, dtype="bfloat16" if config.bf16 else torch.float32, device="cpu",
+                             trust_remote_code=config.trust_remote_code)
     collator = CODCollator(
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
         attn_implementation=config.attn_implementation,
+        with_source=teacher is not None,
     )
     trainer = PardTrainer(
-        model=model, args=args, train_dataset=dataset, data_collator=collator, callbacks=callbacks
+        model=model, args=args, train_dataset=dataset, data_collator=collator, callbacks=callbacks,
+        teacher=teacher, kd_weight=config.kd_weight, kd_temperature=config.kd_temperature,
     )
     if not config.disable_progress:
         trainer.remove_callback(ProgressCallback)
@@ -262,6 +278,8 @@ def training_info(config: TrainConfig, mask_ids, trainer: PardTrainer, result, s
         "packed_tokens": trainer.tokens_seen * trainer.args.world_size,
         "train_seconds": round(seconds, 2),
         "final_loss": history[-1] if history else None,
+        "distill_from": config.distill_from,
+        "kd_weight": config.kd_weight if config.distill_from else None,
         "train_loss": result.training_loss if math.isfinite(result.training_loss) else None,
         "config": {k: v for k, v in asdict(config).items() if k not in {"cod", "data_config"}},
     }
