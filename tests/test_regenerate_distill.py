@@ -139,3 +139,25 @@ def test_train_with_distillation(tmp_path, text_file):
                  "--distill-from", "tiny:llama", "--kd-weight", "0.5", "--kd-temperature", "2"]) == 0
     info = json.loads((tmp_path / "kd" / "pard_training.json").read_text())
     assert info["distill_from"] == "tiny:llama" and info["kd_weight"] == 0.5
+
+
+def test_alignment_comparison_end_to_end(tmp_path):
+    """raw / regenerated / regenerated + distillation drafts, each benchmarked on every target (tiny scale)."""
+    from pard.bench.alignment import AlignmentConfig, run_alignment
+    from pard.bench.runner import BenchConfig
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t * 3}) + "\n" for t in TEXTS))
+    result = run_alignment(AlignmentConfig(
+        teacher="tiny:llama", base="tiny:draft", raw_draft="tiny:pard", targets=["tiny:llama", "tiny:qwen2"],
+        corpus=str(corpus), output=str(tmp_path / "align"), windows=6, window_tokens=40, prefix_tokens=10, steps=2,
+        batch_size=2, num_draft_tokens=3,
+        bench=BenchConfig(datasets=["humaneval"], num_prompts=2, max_new_tokens=8, repeats=1, warmup=0),
+    ))
+    assert set(result["results"]) == {"raw corpus", "regenerated", "regenerated + distillation"}
+    rows = [r for r in result["table"].splitlines() if r.startswith("| regenerated + distillation")]
+    assert len(rows) == 2  # one per target
+    regenerated = [json.loads(line) for line in (tmp_path / "align" / "regenerated.jsonl").read_text().splitlines()]
+    assert len(regenerated) == 6 and all(r["regenerated_by"] == "tiny:llama" for r in regenerated)
+    info = json.loads((tmp_path / "align" / "draft-distilled" / "pard_training.json").read_text())
+    assert info["distill_from"] == "tiny:llama"

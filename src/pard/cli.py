@@ -160,6 +160,23 @@ def _add_bench_parsers(sub) -> None:
     b.add_argument("--device", default="auto")
     b.set_defaults(func=_cmd_bench)
 
+    al = sub.add_parser("bench-align", help="compare PARD drafts trained on raw / regenerated / distilled data")
+    al.add_argument("--teacher", default="zoo:large", help="the target that regenerates data and teaches")
+    al.add_argument("--base", default="zoo:draft", help="the AR draft every variant is adapted from")
+    al.add_argument("--raw-draft", default="zoo:pard", help="a PARD draft trained on the raw corpus (variant a)")
+    al.add_argument("--targets", nargs="+", default=["zoo:small", "zoo:medium", "zoo:large"])
+    al.add_argument("--corpus", default="stdlib:train")
+    al.add_argument("--windows", type=int, default=3000, help="corpus windows to regenerate")
+    al.add_argument("--steps", type=int, default=600, help="training steps per variant")
+    al.add_argument("--lr", type=float, default=1e-3)
+    al.add_argument("--datasets", nargs="+", default=["humaneval"])
+    al.add_argument("--num-prompts", type=int, default=10)
+    al.add_argument("--max-new-tokens", type=int, default=128)
+    al.add_argument("--repeats", type=int, default=3)
+    al.add_argument("--bf16", action="store_true", help="train with bf16 autocast")
+    al.add_argument("--output", default="bench-results/alignment")
+    al.set_defaults(func=_cmd_bench_align)
+
     d = sub.add_parser("demo", help="offline demo: AR vs vanilla SD vs PARD on HumanEval with the embedded family")
     d.add_argument("--num-prompts", type=int, default=3)
     d.add_argument("--max-new-tokens", type=int, default=96)
@@ -194,6 +211,20 @@ def _cmd_bench(args) -> int:
     print(f"wrote {out}/summary.json, generations.jsonl, results.md, {', '.join(p.name for p in plots)}",
           file=sys.stderr)
     return 0 if mismatches == 0 else 3
+
+
+def _cmd_bench_align(args) -> int:
+    from .bench.alignment import AlignmentConfig, run_alignment
+    from .bench.runner import BenchConfig
+
+    result = run_alignment(AlignmentConfig(
+        teacher=args.teacher, base=args.base, raw_draft=args.raw_draft, targets=args.targets, corpus=args.corpus,
+        output=args.output, windows=args.windows, steps=args.steps, learning_rate=args.lr, bf16=args.bf16,
+        bench=BenchConfig(datasets=args.datasets, num_prompts=args.num_prompts, max_new_tokens=args.max_new_tokens,
+                          repeats=args.repeats),
+    ))
+    print(result["table"])
+    return 0
 
 
 def _cmd_demo(args) -> int:
