@@ -66,8 +66,8 @@ def test_vocabulary_mismatch_cli(tmp_path, capsys):
     tok.save_pretrained(tmp_path / "t")
     draft = tiny_model("pard", vocab_size=400)
     draft.save_pretrained(tmp_path / "d")
-    from transformers import PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
 
     other = Tokenizer(models.WordLevel({f"w{i}": i for i in range(400)}, unk_token="w0"))
     other.pre_tokenizer = pre_tokenizers.Whitespace()

@@ -75,7 +75,8 @@ def test_export_converts_another_key_and_writes_card(tmp_path):
     assert {"model.safetensors", "config.json", "tokenizer.json", "README.md"} <= files
     assert not any(name.endswith((".bin", ".pt", ".pth")) for name in files)
     card = (out / "README.md").read_text()
-    assert '"num_speculative_tokens": 6' in card and '"parallel_drafting": true' in card and "vllm serve tiny:llama" in card
+    assert '"num_speculative_tokens": 6' in card and '"parallel_drafting": true' in card
+    assert "vllm serve tiny:llama" in card
 
 
 def test_export_refuses_pairs_that_do_not_fit(tmp_path):
@@ -89,8 +90,8 @@ def test_export_refuses_pairs_that_do_not_fit(tmp_path):
     with pytest.raises(InvalidArgumentError, match="outside the target's vocabulary"):
         export_draft(str(tmp_path / "d"), tmp_path / "o", target="tiny:llama")
     # A target from another family.
-    from transformers import PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
 
     other = Tokenizer(models.WordLevel({f"w{i}": i for i in range(BYTE_VOCAB + 3)}, unk_token="w0"))
     other.pre_tokenizer = pre_tokenizers.Whitespace()

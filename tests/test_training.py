@@ -51,7 +51,8 @@ def test_loss_decreases_weights_change_and_draft_serves(tmp_path, code_file):
     assert info["steps"] == 40 and info["num_draft_tokens"] == 4 and info["retention"] == 0.7
     trained = load_file(out / "model.safetensors")
     initial = tiny_model("draft").state_dict()
-    assert not torch.allclose(trained["model.layers.0.mlp.up_proj.weight"], initial["model.layers.0.mlp.up_proj.weight"])
+    name = "model.layers.0.mlp.up_proj.weight"
+    assert not torch.allclose(trained[name], initial[name])
     config_json = json.loads((out / "config.json").read_text())
     assert config_json["pard_token"] == byte_tokenizer().mask_token_id and config_json["spd_type"] == "pard"
     pair = load_pair("tiny:llama", str(out), device="cpu")

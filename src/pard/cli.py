@@ -244,9 +244,9 @@ def _cmd_demo(args) -> int:
     return 0
 
 
-def _print_demo_texts(generations: Path, count: int) -> None:
-    from .models import load_tokenizer
+def _print_demo_texts(generations, count: int) -> None:
     from .bench.datasets import load_prompts
+    from .models import load_tokenizer
 
     tokenizer = load_tokenizer("zoo:large")
     records = [json.loads(line) for line in generations.read_text().splitlines()]
@@ -368,9 +368,10 @@ def _cmd_flops(args) -> int:
     if args.json:
         print(json.dumps({"cod_token_factor": cod_token_factor(cod), "pflops_per_1m_tokens": table}))
         return 0
-    rows = [[name, v["forward"], v["backward"], v["total"], table["PARD"]["total"] and v["total"] / table["PARD"]["total"]]
-            for name, v in table.items()]
-    print(f"Training cost in Pflops per 1M tokens (COD keeps {cod_token_factor(cod):.2f} tokens per token, K={cod.num_draft_tokens})")
+    pard_total = table["PARD"]["total"]
+    rows = [[name, v["forward"], v["backward"], v["total"], v["total"] / pard_total] for name, v in table.items()]
+    print(f"Training cost in Pflops per 1M tokens (COD keeps {cod_token_factor(cod):.2f} tokens per token, "
+          f"K={cod.num_draft_tokens})")
     print(markdown_table(["method", "forward", "backward", "total", "x PARD"], rows))
     return 0
 

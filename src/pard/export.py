@@ -13,12 +13,12 @@ from pathlib import Path
 from .errors import InvalidArgumentError, NotAParallelDraftError
 from .models import (
     PARD_TOKEN_KEY,
-    resolve_spec,
     check_tokenizers,
     load_config,
     load_model,
     load_tokenizer,
     mask_token_ids_of,
+    resolve_spec,
 )
 from .training.trainer import TRAINING_INFO_FILE
 from .vllm import serve_command, shell_line

@@ -41,7 +41,7 @@ def run_training_cost(
     data: list[str],
     output: Path,
     *,
-    cod: CODConfig = CODConfig(8, 0.7, 0.2),
+    cod: CODConfig | None = None,
     max_seq_len: int = 512,
     batch_size: int = 8,
     steps: int = 20,
@@ -49,6 +49,7 @@ def run_training_cost(
     learning_rate: float = 1e-4,
     seed: int = 0,
 ) -> dict:
+    cod = cod or CODConfig(8, 0.7, 0.2)
     layouts = {"COD": cod, "no drop (r=1)": CODConfig(cod.num_draft_tokens, 1.0, 1.0)}
     base = TrainConfig(
         model=model, data=data, output="", data_config=DataConfig(max_seq_len=max_seq_len), max_steps=steps,
@@ -127,7 +128,8 @@ def plot_training_cost(results: dict, path: Path) -> None:
     axes[1].bar(names, [results["layouts"][n]["measured_tokens_per_sequence_token"] for n in names],
                 color=["tab:green", "tab:gray"])
     axes[1].set_ylabel("packed tokens per sequence token")
-    fig.suptitle(f"PARD training cost, K = {results['num_draft_tokens']}: COD {results['epoch_time_ratio']:.2f}x faster")
+    ratio = results["epoch_time_ratio"]
+    fig.suptitle(f"PARD training cost, K = {results['num_draft_tokens']}: COD {ratio:.2f}x faster")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

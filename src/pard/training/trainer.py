@@ -23,8 +23,8 @@ from ..errors import InvalidArgumentError
 from ..models import PARD_TOKEN_KEY, check_tokenizers, load_model, load_tokenizer, resolve_device
 from .cod import IGNORE_INDEX, CODConfig, build_cod_sample
 from .collator import CODCollator
-from .loss import kd_loss, pard_loss, teacher_distributions
 from .data import DataConfig, load_training_sequences
+from .loss import kd_loss, pard_loss, teacher_distributions
 
 ADDED_MASK_TOKEN = "<|pard_mask|>"
 TRAINING_INFO_FILE = "pard_training.json"
@@ -138,8 +138,8 @@ def resolve_mask_token(model, tokenizer, mask_token_ids: list[int] | None, add: 
     """Pick the mask token id(s), adding a token only when asked or when nothing can be reused.
 
     Order: explicit ids; ``--add-mask-token``; else an unused embedding row past the tokenizer's vocabulary (how the
-    official Qwen2.5 drafts use 151665); else the tokenizer's own mask token; else a reserved special token (``<|reserved_special_token_*|>`` as in
-    Llama-3); else a new special token.
+    official Qwen2.5 drafts use 151665); else the tokenizer's own mask token; else a reserved special token
+    (``<|reserved_special_token_*|>`` as in Llama-3); else a new special token.
     """
     rows = model.get_input_embeddings().num_embeddings
     if mask_token_ids:
