@@ -88,6 +88,8 @@ class DraftModelProposer(Proposer):
         if sampling.greedy:
             return logits.argmax(dim=-1), None
         probs = logits_to_probs(logits, sampling)
+        if generator is not None:  # the engine's generator lives with the target, which may sit elsewhere
+            probs = probs.to(generator.device)
         return sample(probs, generator), probs
 
 
