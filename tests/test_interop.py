@@ -127,7 +127,7 @@ def test_vllm_config_and_command():
 
 def test_serve_dry_run_and_missing_vllm(tmp_path, capsys):
     export_draft("tiny:pard", tmp_path / "d")
-    assert main(["serve", "--target", "tiny:llama", "--draft", str(tmp_path / "d"), "-k", "5", "--dry-run", "--",
+    assert main(["serve", "--target", "tiny:llama", "--draft", str(tmp_path / "d"), "--k", "5", "--dry-run", "--",
                  "--port", "8001"]) == 0
     line = capsys.readouterr().out.strip()
     assert line.startswith("vllm serve tiny:llama --speculative-config") and line.endswith("--port 8001")

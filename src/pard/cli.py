@@ -111,7 +111,8 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     sv.add_argument("--target", required=True)
     sv.add_argument("--draft", required=True, help="a PARD draft directory or hub id (see `pard export`)")
-    sv.add_argument("-k", "--num-draft-tokens", type=int, default=8)
+    sv.add_argument("-k", "--k", "--num-draft-tokens", dest="num_draft_tokens", type=int, default=8,
+                    help="draft tokens per step (vLLM's num_speculative_tokens)")
     sv.add_argument("--tensor-parallel-size", type=int)
     sv.add_argument("--no-validate", action="store_true", help="skip the tokenizer / mask-id check of the pair")
     sv.add_argument("--dry-run", action="store_true", help="print the vllm command instead of running it")
