@@ -128,15 +128,8 @@ def bench_plots(summary: dict, out_dir: Path) -> list[Path]:
                        if any((m["target"], m["method"], m["k"]) == (target, method, k) for m in rows)]
                 if pts:
                     ax.plot(*zip(*pts), style, label=f"{method} · {target}")
-        ax.axhline(1.0, color="gray", lw=0.8)
         ax.set_xlabel("K (draft tokens per step)")
-        ax.set_ylabel("speedup over AR")
-        ax.legend(fontsize=7)
-        ax.set_title("Speedup vs K")
-        fig.tight_layout()
-        written.append(out_dir / "speedup_vs_k.png")
-        fig.savefig(written[-1], dpi=120)
-        plt.close(fig)
+        written.append(_finish_speedup_plot(fig, ax, "Speedup vs K", out_dir / "speedup_vs_k.png"))
     with_alpha = [m for m in rows if m["acceptance_per_position"]]
     if with_alpha:
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -168,12 +161,20 @@ def bench_plots(summary: dict, out_dir: Path) -> list[Path]:
         ax.bar([i + j * width for i in range(len(groups))], heights, width, label=f"{method} (best K)")
     ax.set_xticks([i + width * (len(methods) - 1) / 2 for i in range(len(groups))])
     ax.set_xticklabels([f"{t}\nbs={b}" for t, b in groups], fontsize=8)
+    title = "Speedup per target and batch size"
+    written.append(_finish_speedup_plot(fig, ax, title, out_dir / "speedup_by_target.png"))
+    return written
+
+
+def _finish_speedup_plot(fig, ax, title: str, path: Path) -> Path:
+    """The shared end of the speedup plots: the AR = 1 line, labels, legend, save, close."""
+    import matplotlib.pyplot as plt
+
     ax.axhline(1.0, color="gray", lw=0.8)
     ax.set_ylabel("speedup over AR")
     ax.legend(fontsize=7)
-    ax.set_title("Speedup per target and batch size")
+    ax.set_title(title)
     fig.tight_layout()
-    written.append(out_dir / "speedup_by_target.png")
-    fig.savefig(written[-1], dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
-    return written
+    return path
