@@ -33,7 +33,7 @@ def find_mask_token(config, mask_token_id: int | None = None, mask_key: str | No
         return mask_token_id, None
     keys = [mask_key] if mask_key else [PARD_TOKEN_KEY, *ALTERNATE_MASK_KEYS]
     for key in keys:
-        ids = mask_token_ids_of(_Shim(getattr(config, key, None)))
+        ids = mask_token_ids_of(config, key)
         if ids:
             if len(ids) > 1:
                 raise InvalidArgumentError(
@@ -44,13 +44,6 @@ def find_mask_token(config, mask_token_id: int | None = None, mask_key: str | No
         f"no mask token id found in the draft's config (looked for {', '.join(keys)}); pass --mask-token-id ID "
         "or --mask-key NAME"
     )
-
-
-class _Shim:
-    """Lets :func:`mask_token_ids_of` read any key as if it were ``pard_token``."""
-
-    def __init__(self, value):
-        setattr(self, PARD_TOKEN_KEY, value)
 
 
 def validate_pair(draft_tokenizer, target: str, mask_id: int, *, trust_remote_code: bool = False) -> None:

@@ -19,9 +19,9 @@ PARD_TOKEN_KEY = "pard_token"  # the config key official PARD checkpoints and up
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def mask_token_ids_of(config: PretrainedConfig) -> list[int] | None:
-    """The draft's mask token id(s) from ``config.pard_token`` (an int, or a list for distinct ids per position)."""
-    value = getattr(config, PARD_TOKEN_KEY, None)
+def mask_token_ids_of(config: PretrainedConfig, key: str = PARD_TOKEN_KEY) -> list[int] | None:
+    """The draft's mask token id(s) from ``config.<key>`` (an int, or a list for distinct ids per position)."""
+    value = getattr(config, key, None)
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int):
