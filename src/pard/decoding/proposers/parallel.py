@@ -35,12 +35,15 @@ class ParallelDraftProposer(DraftModelProposer):
         if bad:
             raise InvalidArgumentError(f"mask token id(s) {bad} outside the draft's embedding table (size {vocab})")
         self.mask_token_ids = list(mask_token_ids)
+        self._mask_ids: dict[int, torch.Tensor] = {}
 
     def mask_ids(self, count: int) -> torch.Tensor:
         """The ids of the first `count` mask placeholders m_0..m_{count-1}: one shared id by default; with distinct
         ids per position (the paper's ablation), positions past the last trained id reuse it."""
-        ids = [self.mask_token_ids[min(j, len(self.mask_token_ids) - 1)] for j in range(count)]
-        return torch.tensor(ids, dtype=torch.long, device=self.lm.device)
+        if count not in self._mask_ids:  # built once per k: no host-to-device copy on the decoding path
+            ids = [self.mask_token_ids[min(j, len(self.mask_token_ids) - 1)] for j in range(count)]
+            self._mask_ids[count] = torch.tensor(ids, dtype=torch.long, device=self.lm.device)
+        return self._mask_ids[count]
 
     def draft_logits(self, sequences: torch.Tensor, lengths: torch.Tensor, k: int) -> torch.Tensor:
         """The PARD step's forward: logits (B, k, V) for d_1..d_k, from one pass over the unread tokens + k-1 masks."""
