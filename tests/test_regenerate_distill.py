@@ -149,7 +149,7 @@ def test_alignment_comparison_end_to_end(tmp_path):
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"text": t * 3}) + "\n" for t in TEXTS))
     result = run_alignment(AlignmentConfig(
-        teacher="tiny:llama", base="tiny:draft", raw_draft="tiny:pard", targets=["tiny:llama", "tiny:qwen2"],
+        teacher="tiny:llama", base="tiny:draft", targets=["tiny:llama", "tiny:qwen2"],
         corpus=str(corpus), output=str(tmp_path / "align"), windows=6, window_tokens=40, prefix_tokens=10, steps=2,
         batch_size=2, num_draft_tokens=3,
         bench=BenchConfig(datasets=["humaneval"], num_prompts=2, max_new_tokens=8, repeats=1, warmup=0),
@@ -161,3 +161,5 @@ def test_alignment_comparison_end_to_end(tmp_path):
     assert len(regenerated) == 6 and all(r["regenerated_by"] == "tiny:llama" for r in regenerated)
     info = json.loads((tmp_path / "align" / "draft-distilled" / "pard_training.json").read_text())
     assert info["distill_from"] == "tiny:llama"
+    raw = json.loads((tmp_path / "align" / "draft-raw" / "pard_training.json").read_text())
+    assert raw["data"] == [str(corpus)] and raw["steps"] == info["steps"]  # only the data differs

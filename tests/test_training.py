@@ -55,6 +55,7 @@ def test_loss_decreases_weights_change_and_draft_serves(tmp_path, code_file):
     assert not torch.allclose(trained[name], initial[name])
     config_json = json.loads((out / "config.json").read_text())
     assert config_json["pard_token"] == byte_tokenizer().mask_token_id and config_json["spd_type"] == "pard"
+    assert config_json["use_cache"] is True  # a trained draft is saved ready to decode with a KV cache
     pair = load_pair("tiny:llama", str(out), device="cpu")
     assert pair.draft_kind == "pard"
     prompt = pair.tokenizer("def add(a, b):")["input_ids"]

@@ -164,11 +164,10 @@ def _add_bench_parsers(sub) -> None:
     al = sub.add_parser("bench-align", help="compare PARD drafts trained on raw / regenerated / distilled data")
     al.add_argument("--teacher", default="zoo:large", help="the target that regenerates data and teaches")
     al.add_argument("--base", default="zoo:draft", help="the AR draft every variant is adapted from")
-    al.add_argument("--raw-draft", default="zoo:pard", help="a PARD draft trained on the raw corpus (variant a)")
     al.add_argument("--targets", nargs="+", default=["zoo:small", "zoo:medium", "zoo:large"])
     al.add_argument("--corpus", default="stdlib:train")
-    al.add_argument("--windows", type=int, default=3000, help="corpus windows to regenerate")
-    al.add_argument("--steps", type=int, default=600, help="training steps per variant")
+    al.add_argument("--windows", type=int, default=1500, help="corpus windows to regenerate")
+    al.add_argument("--steps", type=int, default=500, help="training steps per variant")
     al.add_argument("--lr", type=float, default=1e-3)
     al.add_argument("--datasets", nargs="+", default=["humaneval"])
     al.add_argument("--num-prompts", type=int, default=10)
@@ -219,7 +218,7 @@ def _cmd_bench_align(args) -> int:
     from .bench.runner import BenchConfig
 
     result = run_alignment(AlignmentConfig(
-        teacher=args.teacher, base=args.base, raw_draft=args.raw_draft, targets=args.targets, corpus=args.corpus,
+        teacher=args.teacher, base=args.base, targets=args.targets, corpus=args.corpus,
         output=args.output, windows=args.windows, steps=args.steps, learning_rate=args.lr, bf16=args.bf16,
         bench=BenchConfig(datasets=args.datasets, num_prompts=args.num_prompts, max_new_tokens=args.max_new_tokens,
                           repeats=args.repeats),
@@ -341,6 +340,8 @@ def _print_family(family: dict) -> None:
              f"{m['train_seconds'] / 60:.1f}", m["heldout_loss"]] for name, m in family["members"].items()]
     print(markdown_table(["model", "parameters", "K_train", "steps", "train minutes", "held-out loss (nats/token)"],
                          rows))
+    if "stage_seconds" in family:
+        print(f"\nall stages (training + data regeneration): {family['stage_seconds'] / 60:.1f} minutes")
 
 
 def _cmd_bench_train(args) -> int:

@@ -174,3 +174,20 @@ def _rewrite(job: _Job, outputs: list[list[int]], tokenizer, config: RegenerateC
         record[dc.text_field] = tokenizer.decode(job.prompts[0] + outputs[0], skip_special_tokens=True)
     record["regenerated_by"] = config.target
     return record
+
+
+def corpus_windows(spec: str, tokenizer, count: int, tokens: int, path: Path) -> Path:
+    """``count`` evenly spread ``tokens``-token windows of a corpus as ``{"id", "text"}`` JSON lines."""
+    if path.exists():
+        return path
+    ids = []
+    for record in load_records(spec):
+        ids.extend(tokenizer(record["text"])["input_ids"])
+    starts = range(0, max(len(ids) - tokens, 1), max((len(ids) - tokens) // count, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")  # renamed when complete: an interrupted write is redone
+    with partial.open("w") as f:
+        for n, start in enumerate(list(starts)[:count]):
+            f.write(json.dumps({"id": f"w{n}", "text": tokenizer.decode(ids[start : start + tokens])}) + "\n")
+    partial.replace(path)
+    return path

@@ -8,7 +8,6 @@ one target still serves the others. Every stage is resumable: regeneration appen
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -22,14 +21,13 @@ from .runner import BenchConfig, run_bench
 class AlignmentConfig:
     teacher: str  # the target that regenerates the data and teaches
     base: str  # the AR draft every variant starts from
-    raw_draft: str  # (a): a PARD draft already trained on the raw corpus
     targets: list[str]
     corpus: str = "stdlib:train"
     output: str = "bench-results/alignment"
-    windows: int = 3000  # corpus windows to regenerate
+    windows: int = 1500  # corpus windows to regenerate
     window_tokens: int = 256
     prefix_tokens: int = 64
-    steps: int = 600
+    steps: int = 500
     learning_rate: float = 1e-3
     batch_size: int = 16
     num_draft_tokens: int = 8
@@ -39,35 +37,18 @@ class AlignmentConfig:
     seed: int = 0
 
 
-def corpus_windows(spec: str, tokenizer, count: int, tokens: int, path: Path) -> Path:
-    """``count`` evenly spread ``tokens``-token windows of a corpus as ``{"id", "text"}`` JSON lines."""
-    from ..training.data import load_records
-
-    if path.exists():
-        return path
-    ids = []
-    for record in load_records(spec):
-        ids.extend(tokenizer(record["text"])["input_ids"])
-    starts = range(0, max(len(ids) - tokens, 1), max((len(ids) - tokens) // count, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as f:
-        for n, start in enumerate(list(starts)[:count]):
-            f.write(json.dumps({"id": f"w{n}", "text": tokenizer.decode(ids[start : start + tokens])}) + "\n")
-    return path
-
-
 def run_alignment(config: AlignmentConfig) -> dict:
     from ..decoding import SamplingConfig
     from ..models import load_tokenizer
-    from ..regenerate import RegenerateConfig, regenerate
+    from ..regenerate import RegenerateConfig, corpus_windows, regenerate
 
     out = Path(config.output)
     tokenizer = load_tokenizer(config.teacher)
     windows = corpus_windows(config.corpus, tokenizer, config.windows, config.window_tokens, out / "windows.jsonl")
     regenerated = regenerate(RegenerateConfig(
-        target=config.teacher, data=[str(windows)], output=str(out / "regenerated.jsonl"), draft=config.raw_draft,
-        num_draft_tokens=config.num_draft_tokens, max_new_tokens=config.window_tokens - config.prefix_tokens,
-        prefix_tokens=config.prefix_tokens, sampling=SamplingConfig(), batch_size=16, seed=config.seed,
+        target=config.teacher, data=[str(windows)], output=str(out / "regenerated.jsonl"),
+        max_new_tokens=config.window_tokens - config.prefix_tokens, prefix_tokens=config.prefix_tokens,
+        sampling=SamplingConfig(), batch_size=16, seed=config.seed,
     ))
     base = TrainConfig(
         model=config.base, data=[str(regenerated)], output="", cod=CODConfig(config.num_draft_tokens, 0.7, 0.2),
@@ -75,8 +56,9 @@ def run_alignment(config: AlignmentConfig) -> dict:
         learning_rate=config.learning_rate, batch_size=config.batch_size, bf16=config.bf16, seed=config.seed,
         save_steps=max(50, config.steps // 4), save_total_limit=1, logging_steps=25,
     )
+    # Same base, steps and schedule for every variant: only the training data (and the KD term) differ.
     variants = {
-        "raw corpus": config.raw_draft,
+        "raw corpus": _trained(replace(base, data=[config.corpus], output=str(out / "draft-raw"))),
         "regenerated": _trained(replace(base, output=str(out / "draft-regenerated"))),
         "regenerated + distillation": _trained(replace(base, output=str(out / "draft-distilled"),
                                                        distill_from=config.teacher, kd_weight=config.kd_weight)),

@@ -183,7 +183,8 @@ def _runner(method, k, target, drafts, tokenizer, sampling, eos, config):
         return run
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos), 0)
-    kwargs = {"max_new_tokens": config.max_new_tokens, "pad_token_id": pad, "eos_token_id": sorted(eos) or None}
+    kwargs = {"max_new_tokens": config.max_new_tokens, "pad_token_id": pad, "eos_token_id": sorted(eos) or None,
+              "use_cache": True}  # a checkpoint saved by a Trainer may say use_cache=false: peers get a KV cache too
     if sampling.greedy:
         kwargs["do_sample"] = False
     else:

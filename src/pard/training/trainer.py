@@ -246,6 +246,9 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
     seconds = time.perf_counter() - started
 
     model = trainer.model
+    model.config.use_cache = True  # the Trainer turns the KV cache off for training; the saved draft decodes
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.use_cache = True
     if parallel:
         setattr(model.config, PARD_TOKEN_KEY, mask_ids[0] if len(mask_ids) == 1 else mask_ids)
         model.config.spd_type = "pard"

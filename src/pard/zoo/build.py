@@ -1,8 +1,10 @@
 """`pard zoo build`: reproduce the embedded family from scratch (seeded), stage by stage.
 
-Stages: tokenizer -> each autoregressive member (draft, small, medium, large) -> the PARD adaptation of the draft
--> held-out evaluation. A finished stage is skipped when the build is run again, and an interrupted stage resumes
-from its last checkpoint, so an interrupted build loses at most one checkpoint interval.
+Stages: tokenizer -> each autoregressive member (draft, small, medium, large) -> regeneration of training text by
+the largest target -> the PARD adaptation of the draft on it -> held-out evaluation. A finished stage is skipped
+when the build is run again, and an interrupted stage resumes from its last checkpoint (regeneration from its last
+record), so an interrupted build loses at most one checkpoint interval. A stage directory made by another recipe
+is never reused.
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ import json
 import math
 import shutil
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from ..corpus import stdlib_records
+from ..errors import InvalidArgumentError
 from ..training import CODConfig, DataConfig, TrainConfig, train
 from ..training.trainer import TRAINING_INFO_FILE, last_complete_checkpoint
 from .recipe import (
@@ -32,9 +35,11 @@ from .recipe import (
     TARGETS,
     VOCAB_SIZE,
     ModelRecipe,
+    RegenerationRecipe,
 )
 
 TOKENIZER_DIR = "tokenizer"
+REGENERATION_INFO_FILE = "regeneration.json"
 
 
 def train_tokenizer(out_dir: Path) -> PreTrainedTokenizerFast:
@@ -76,6 +81,29 @@ def init_model(recipe: ModelRecipe, tokenizer, seed: int) -> LlamaForCausalLM:
     return LlamaForCausalLM(config)
 
 
+def grow_depth(model: LlamaForCausalLM, layers: int) -> LlamaForCausalLM:
+    """Function-preserving depth growth: ``model`` with decoder layers appended up to ``layers`` in total.
+
+    The new layers are freshly initialized except their residual-branch outputs (attention ``o_proj``, MLP
+    ``down_proj``), which are zero: each new layer adds nothing to the residual stream, so the grown model computes
+    exactly what ``model`` computes, and training then puts the new depth to use. Why: on 2 CPU cores a bigger model
+    trained from scratch sees too few tokens to beat a smaller one (the first family build: 7M and 16M targets lost
+    to a 1.3M draft), while a grown model starts where the smaller one ended.
+    """
+    have = model.config.num_hidden_layers
+    if layers < have:
+        raise InvalidArgumentError(f"cannot grow a {have}-layer model to {layers} layers")
+    config = LlamaConfig(**{**model.config.to_dict(), "num_hidden_layers": layers, "use_cache": True})
+    grown = LlamaForCausalLM(config)
+    result = grown.load_state_dict(model.state_dict(), strict=False)
+    assert not result.unexpected_keys, result.unexpected_keys
+    with torch.no_grad():
+        for layer in grown.model.layers[have:]:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+    return grown
+
+
 def fast_bf16_available() -> bool:
     """bf16 autocast pays off on GPUs and on CPUs with AMX / AVX512-BF16; elsewhere train in fp32."""
     if torch.cuda.is_available():
@@ -96,11 +124,8 @@ def heldout_chunks(tokenizer, max_chunks: int = 200) -> list[list[int]]:
 
 
 @torch.inference_mode()
-def heldout_loss(model_dir: Path, chunks: list[list[int]]) -> float:
-    """Mean next-token NLL (nats/token) of the model in ``model_dir`` on held-out chunks."""
-    from ..models import load_model
-
-    model = load_model(str(model_dir), dtype="float32", device="cpu")
+def heldout_loss(model, chunks: list[list[int]]) -> float:
+    """Mean next-token NLL (nats/token) of ``model`` on held-out chunks."""
     total, count = 0.0, 0
     for start in range(0, len(chunks), 16):
         batch = torch.tensor(chunks[start : start + 16])
@@ -137,20 +162,34 @@ def build_zoo(
         recipe = FAMILY[name]
         steps = max(1, math.ceil(recipe.steps * scale))
         run_dir = work_dir / name
+        data_dir = work_dir / f"{name}-data"
+        _check_recipe(work_dir, name, recipe, scale)
+        data = ["stdlib:train"]
+        if recipe.regenerated is not None:
+            data = [str(_regenerate(recipe.regenerated, output, data_dir, tokenizer, scale))]
         if not (run_dir / TRAINING_INFO_FILE).exists():
             if recipe.base is None:
                 start_dir = work_dir / f"{name}-init"
                 if not (start_dir / "config.json").exists():
                     init_model(recipe, tokenizer, SEED).save_pretrained(start_dir)
                     tokenizer.save_pretrained(start_dir)
-            else:
+            elif recipe.layers == FAMILY[recipe.base].layers:  # same architecture: adapt it as it is
                 start_dir = work_dir / recipe.base
+            else:  # a deeper model that starts as the base member's function
+                start_dir = work_dir / f"{name}-init"
+                if not (start_dir / "config.json").exists():
+                    from ..models import load_model
+
+                    torch.manual_seed(SEED)
+                    base = load_model(str(work_dir / recipe.base), dtype="float32", device="cpu")
+                    grow_depth(base, recipe.layers).save_pretrained(start_dir)
+                    tokenizer.save_pretrained(start_dir)
             params = sum(p.numel() for p in init_model(recipe, tokenizer, SEED).parameters()) / 1e6
             print(f"[zoo {index}/{len(names)}] {name}: {params:.1f}M parameters, {steps} steps, "
                   f"K_train={recipe.num_draft_tokens}, {'bf16' if bf16 else 'fp32'}", flush=True)
             config = TrainConfig(
                 model=str(start_dir),
-                data=["stdlib:train"],
+                data=data,
                 output=str(run_dir),
                 cod=CODConfig(recipe.num_draft_tokens, COD_RETENTION, COD_MIN_RETENTION),
                 data_config=DataConfig(max_seq_len=SEQ_LEN),
@@ -168,8 +207,49 @@ def build_zoo(
             )
             train(replace(config, resume=last_complete_checkpoint(run_dir) is not None))
         _export_member(run_dir, output / name)
+        if recipe.regenerated is not None:
+            shutil.copy(data_dir / REGENERATION_INFO_FILE, output / name / REGENERATION_INFO_FILE)
     family = _evaluate(output, tokenizer, names, time.perf_counter() - started, scale)
     return family
+
+
+def _check_recipe(work_dir: Path, name: str, recipe: ModelRecipe, scale: float) -> None:
+    """A stage's work dirs (``name``, ``name-init``, ``name-data``) are reused only by the recipe that made them."""
+    record = work_dir / f"{name}.recipe.json"
+    wanted = {"recipe": asdict(recipe), "scale": scale}
+    if record.exists():
+        found = json.loads(record.read_text())
+        if found != wanted:
+            raise InvalidArgumentError(f"{work_dir / name} was built with another recipe ({found}); remove "
+                                       f"{work_dir}/{name}* or pass another --work-dir")
+        return
+    stale = [d for d in (work_dir / name, work_dir / f"{name}-init", work_dir / f"{name}-data") if d.exists()]
+    if stale:
+        raise InvalidArgumentError(f"{stale[0]} has no record of the recipe that made it; remove {work_dir}/{name}* "
+                                   "or pass another --work-dir")
+    record.write_text(json.dumps(wanted, indent=2) + "\n")
+
+
+def _regenerate(regen: RegenerationRecipe, output: Path, data_dir: Path, tokenizer, scale: float) -> Path:
+    """Let the (already built) teacher rewrite corpus windows; greedy, batched AR, resumable (appends records)."""
+    from ..regenerate import RegenerateConfig, corpus_windows, regenerate
+
+    windows = max(2, math.ceil(regen.windows * scale))
+    source = corpus_windows("stdlib:train", tokenizer, windows, SEQ_LEN, data_dir / "windows.jsonl")
+    target = data_dir / f"regenerated-by-{regen.teacher}.jsonl"
+    info_file = data_dir / REGENERATION_INFO_FILE
+    if not info_file.exists():
+        print(f"[zoo] zoo:{regen.teacher} regenerates {windows} corpus windows (keeps {regen.prefix_tokens} tokens, "
+              f"writes {SEQ_LEN - regen.prefix_tokens})", flush=True)
+        started = time.perf_counter()
+        regenerate(RegenerateConfig(
+            target=str(output / regen.teacher), data=[str(source)], output=str(target),
+            max_new_tokens=SEQ_LEN - regen.prefix_tokens, prefix_tokens=regen.prefix_tokens,
+            batch_size=regen.batch_size, seed=SEED, dtype="float32", device="cpu",
+        ))
+        info = {**asdict(regen), "windows": windows, "seconds": round(time.perf_counter() - started, 2)}
+        info_file.write_text(json.dumps(info, indent=2) + "\n")
+    return target
 
 
 def _export_member(run_dir: Path, dest: Path) -> None:
@@ -177,28 +257,35 @@ def _export_member(run_dir: Path, dest: Path) -> None:
     from ..models import load_model
 
     model = load_model(str(run_dir), dtype="float32", device="cpu").to(torch.bfloat16)
+    model.config.use_cache = model.generation_config.use_cache = True  # training turned it off; inference wants it
     if dest.exists():
         shutil.rmtree(dest)
     model.save_pretrained(dest)
-    PreTrainedTokenizerFast.from_pretrained(run_dir).save_pretrained(dest)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(run_dir)
+    tokenizer.init_kwargs.pop("local_files_only", None)  # how this build loaded it, not a property of the model
+    tokenizer.save_pretrained(dest)
     shutil.copy(run_dir / TRAINING_INFO_FILE, dest / TRAINING_INFO_FILE)
 
 
 def _evaluate(output: Path, tokenizer, names: list[str], seconds: float, scale: float) -> dict:
+    from ..models import load_model
+
     chunks = heldout_chunks(tokenizer)
     members = {}
     for name in names:
         info = json.loads((output / name / TRAINING_INFO_FILE).read_text())
-        config = json.loads((output / name / "config.json").read_text())
-        params = sum(p.numel() for p in init_model(FAMILY[name], tokenizer, SEED).parameters())
+        model = load_model(str(output / name), dtype="float32", device="cpu")
         members[name] = {
-            "parameters": params,
+            "parameters": sum(p.numel() for p in model.parameters()),
             "num_draft_tokens": FAMILY[name].num_draft_tokens,
-            "pard_token": config.get("pard_token"),
+            "pard_token": getattr(model.config, "pard_token", None),
             "steps": info["steps"],
             "train_seconds": info["train_seconds"],
-            "heldout_loss": round(heldout_loss(output / name, chunks), 4),
+            "heldout_loss": round(heldout_loss(model, chunks), 4),
         }
+        regeneration = output / name / REGENERATION_INFO_FILE
+        if regeneration.exists():
+            members[name]["data_seconds"] = json.loads(regeneration.read_text())["seconds"]
     family_file = output / "family.json"
     previous = json.loads(family_file.read_text()) if family_file.exists() else {}
     family = {
@@ -212,5 +299,8 @@ def _evaluate(output: Path, tokenizer, names: list[str], seconds: float, scale: 
         "members": {**previous.get("members", {}), **members},
         "targets": list(TARGETS),
     }
+    # What the whole recipe costs, however many invocations built it: every stage's training and data time.
+    family["stage_seconds"] = round(sum(m["train_seconds"] + m.get("data_seconds", 0.0)
+                                        for m in family["members"].values()), 1)
     family_file.write_text(json.dumps(family, indent=2) + "\n")
     return family
