@@ -63,7 +63,7 @@ def test_zoo_list_and_demo(tmp_path, capsys):
     assert "zoo:large" in capsys.readouterr().out
     assert main(["demo", "--num-prompts", "1", "--max-new-tokens", "24", "--output", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "identical output from ar, vsd and pard: yes" in out and "pard K=8" in out
+    assert "identical output from ar, vsd and pard: yes" in out and "pard K=4" in out
 
 
 def test_unknown_zoo_member(capsys):
