@@ -122,10 +122,14 @@ def test_zoo_build_refuses_a_work_dir_made_by_another_recipe(tmp_path):
     from pard.errors import InvalidArgumentError
     from pard.zoo.build import _check_recipe
 
-    _check_recipe(tmp_path, "small", FAMILY["small"], 1.0)
-    _check_recipe(tmp_path, "small", FAMILY["small"], 1.0)  # the same recipe may resume
+    def check(name, recipe):
+        dirs = (tmp_path / name, tmp_path / f"{name}-init", tmp_path / f"{name}-data")
+        _check_recipe(tmp_path / f"{name}.recipe.json", dirs, recipe, 1.0)
+
+    check("small", FAMILY["small"])
+    check("small", FAMILY["small"])  # the same recipe may resume
     with pytest.raises(InvalidArgumentError, match="another recipe"):
-        _check_recipe(tmp_path, "small", FAMILY["large"], 1.0)
+        check("small", FAMILY["large"])
     (tmp_path / "medium").mkdir()  # a stage directory of unknown origin
     with pytest.raises(InvalidArgumentError, match="no record of the recipe"):
-        _check_recipe(tmp_path, "medium", FAMILY["medium"], 1.0)
+        check("medium", FAMILY["medium"])

@@ -93,7 +93,7 @@ def grow_depth(model: LlamaForCausalLM, layers: int) -> LlamaForCausalLM:
     have = model.config.num_hidden_layers
     if layers < have:
         raise InvalidArgumentError(f"cannot grow a {have}-layer model to {layers} layers")
-    config = LlamaConfig(**{**model.config.to_dict(), "num_hidden_layers": layers, "use_cache": True})
+    config = LlamaConfig(**{**model.config.to_dict(), "num_hidden_layers": layers})
     grown = LlamaForCausalLM(config)
     result = grown.load_state_dict(model.state_dict(), strict=False)
     assert not result.unexpected_keys, result.unexpected_keys
@@ -161,28 +161,18 @@ def build_zoo(
     for index, name in enumerate(names, start=1):
         recipe = FAMILY[name]
         steps = max(1, math.ceil(recipe.steps * scale))
-        run_dir = work_dir / name
-        data_dir = work_dir / f"{name}-data"
-        _check_recipe(work_dir, name, recipe, scale)
+        run_dir, init_dir, data_dir = (work_dir / f"{name}{suffix}" for suffix in ("", "-init", "-data"))
+        _check_recipe(work_dir / f"{name}.recipe.json", (run_dir, init_dir, data_dir), recipe, scale)
         data = ["stdlib:train"]
         if recipe.regenerated is not None:
             data = [str(_regenerate(recipe.regenerated, output, data_dir, tokenizer, scale))]
         if not (run_dir / TRAINING_INFO_FILE).exists():
-            if recipe.base is None:
-                start_dir = work_dir / f"{name}-init"
+            if recipe.base is not None and recipe.layers == FAMILY[recipe.base].layers:
+                start_dir = work_dir / recipe.base  # same architecture: adapt the base member as it is
+            else:  # from scratch, or a deeper model that starts as the base member's function
+                start_dir = init_dir
                 if not (start_dir / "config.json").exists():
-                    init_model(recipe, tokenizer, SEED).save_pretrained(start_dir)
-                    tokenizer.save_pretrained(start_dir)
-            elif recipe.layers == FAMILY[recipe.base].layers:  # same architecture: adapt it as it is
-                start_dir = work_dir / recipe.base
-            else:  # a deeper model that starts as the base member's function
-                start_dir = work_dir / f"{name}-init"
-                if not (start_dir / "config.json").exists():
-                    from ..models import load_model
-
-                    torch.manual_seed(SEED)
-                    base = load_model(str(work_dir / recipe.base), dtype="float32", device="cpu")
-                    grow_depth(base, recipe.layers).save_pretrained(start_dir)
+                    _initial_model(recipe, work_dir, tokenizer).save_pretrained(start_dir)
                     tokenizer.save_pretrained(start_dir)
             params = sum(p.numel() for p in init_model(recipe, tokenizer, SEED).parameters()) / 1e6
             print(f"[zoo {index}/{len(names)}] {name}: {params:.1f}M parameters, {steps} steps, "
@@ -213,19 +203,28 @@ def build_zoo(
     return family
 
 
-def _check_recipe(work_dir: Path, name: str, recipe: ModelRecipe, scale: float) -> None:
-    """A stage's work dirs (``name``, ``name-init``, ``name-data``) are reused only by the recipe that made them."""
-    record = work_dir / f"{name}.recipe.json"
+def _initial_model(recipe: ModelRecipe, work_dir: Path, tokenizer) -> LlamaForCausalLM:
+    """A fresh model, or the trained base member grown to the recipe's depth."""
+    if recipe.base is None:
+        return init_model(recipe, tokenizer, SEED)
+    from ..models import load_model
+
+    torch.manual_seed(SEED)  # the new layers' initialization
+    return grow_depth(load_model(str(work_dir / recipe.base), dtype="float32", device="cpu"), recipe.layers)
+
+
+def _check_recipe(record: Path, stage_dirs: tuple[Path, ...], recipe: ModelRecipe, scale: float) -> None:
+    """A stage's work dirs are reused only by the recipe that made them (``record`` says which one did)."""
     wanted = {"recipe": asdict(recipe), "scale": scale}
     if record.exists():
         found = json.loads(record.read_text())
         if found != wanted:
-            raise InvalidArgumentError(f"{work_dir / name} was built with another recipe ({found}); remove "
-                                       f"{work_dir}/{name}* or pass another --work-dir")
+            raise InvalidArgumentError(f"{stage_dirs[0]} was built with another recipe ({found}); remove "
+                                       f"{stage_dirs[0]}* or pass another --work-dir")
         return
-    stale = [d for d in (work_dir / name, work_dir / f"{name}-init", work_dir / f"{name}-data") if d.exists()]
+    stale = [d for d in stage_dirs if d.exists()]
     if stale:
-        raise InvalidArgumentError(f"{stale[0]} has no record of the recipe that made it; remove {work_dir}/{name}* "
+        raise InvalidArgumentError(f"{stale[0]} has no record of the recipe that made it; remove {stage_dirs[0]}* "
                                    "or pass another --work-dir")
     record.write_text(json.dumps(wanted, indent=2) + "\n")
 
@@ -257,7 +256,6 @@ def _export_member(run_dir: Path, dest: Path) -> None:
     from ..models import load_model
 
     model = load_model(str(run_dir), dtype="float32", device="cpu").to(torch.bfloat16)
-    model.config.use_cache = model.generation_config.use_cache = True  # training turned it off; inference wants it
     if dest.exists():
         shutil.rmtree(dest)
     model.save_pretrained(dest)
@@ -268,7 +266,7 @@ def _export_member(run_dir: Path, dest: Path) -> None:
 
 
 def _evaluate(output: Path, tokenizer, names: list[str], seconds: float, scale: float) -> dict:
-    from ..models import load_model
+    from ..models import PARD_TOKEN_KEY, load_model
 
     # A scaled-down build is a smoke test of the pipeline: it is evaluated on proportionally fewer chunks.
     chunks = heldout_chunks(tokenizer, max_chunks=max(4, math.ceil(200 * min(scale, 1.0))))
@@ -279,7 +277,7 @@ def _evaluate(output: Path, tokenizer, names: list[str], seconds: float, scale: 
         members[name] = {
             "parameters": sum(p.numel() for p in model.parameters()),
             "num_draft_tokens": FAMILY[name].num_draft_tokens,
-            "pard_token": getattr(model.config, "pard_token", None),
+            "pard_token": getattr(model.config, PARD_TOKEN_KEY, None),
             "steps": info["steps"],
             "train_seconds": info["train_seconds"],
             "heldout_loss": round(heldout_loss(model, chunks), 4),
