@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import hf_greedy
+from helpers import hf_greedy
 from pard.cli import main
 from pard.tiny import byte_tokenizer, tiny_model
 

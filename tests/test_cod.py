@@ -71,15 +71,16 @@ def test_bad_config_and_short_sequence():
         CODConfig(0)
     with pytest.raises(InvalidArgumentError):
         CODConfig(4, retention=0.0)
+    with pytest.raises(InvalidArgumentError, match="must not exceed r"):
+        CODConfig(4, retention=0.5, min_retention=0.6)
+    with pytest.raises(InvalidArgumentError):
+        CODConfig(4, retention=float("nan"))
     with pytest.raises(InvalidArgumentError):
         build_cod_sample([1], CODConfig(4), [M], np.random.default_rng(0))
 
 
-configs = st.builds(
-    CODConfig,
-    st.integers(1, 9),
-    st.floats(0.05, 1.0),
-    st.floats(0.0, 1.0),
+configs = st.tuples(st.integers(1, 9), st.floats(0.05, 1.0), st.floats(0.0, 1.0)).map(
+    lambda t: CODConfig(t[0], t[1], t[2] * t[1])  # r_min in [0, r]
 )
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import PROMPTS, as_pard_draft, hf_greedy, noisy_copy
+from helpers import PROMPTS, as_pard_draft, hf_greedy, noisy_copy
 from pard import SpeculativeDecoder
 from pard.tiny import BYTE_VOCAB
 

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from conftest import hf_greedy
+from helpers import hf_greedy
 from pard import (
     InvalidArgumentError,
     ModelLoadError,
@@ -13,11 +13,11 @@ from pard import (
     PromptTooLongError,
     SpeculativeDecoder,
     VocabularyMismatchError,
-    draft_kind,
+    draft_method,
     load_pair,
 )
-from pard.models import check_compatible
 from pard.tiny import BYTE_VOCAB, byte_tokenizer, tiny_model
+from pard.vocab import check_compatible
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +39,10 @@ def test_saved_with_safetensors_and_pard_token(saved):
     assert config["pard_token"] == BYTE_VOCAB + 2 and config["spd_type"] == "pard"
 
 
-def test_load_pair_from_directories_detects_draft_kind(saved):
+def test_load_pair_from_directories_detects_the_method(saved):
     pair = load_pair(str(saved["target"]), str(saved["pard"]), device="cpu")
-    assert pair.draft_kind == "pard"
-    assert load_pair(str(saved["target"]), str(saved["draft"]), device="cpu").draft_kind == "ar"
+    assert pair.method == "pard"
+    assert load_pair(str(saved["target"]), str(saved["draft"]), device="cpu").method == "vsd"
     assert pair.target.dtype == torch.float32 and pair.target.device.type == "cpu"
     prompt = pair.tokenizer("def f(x):")["input_ids"]
     out = SpeculativeDecoder(pair.target, pair.draft, method="pard", num_draft_tokens=4).generate(
@@ -58,16 +58,16 @@ def test_dtype_option(saved):
         load_pair(str(saved["target"]), device="cpu", dtype="float8")
 
 
-def test_draft_kind_from_config():
-    assert draft_kind(tiny_model("pard").config) == "pard"
-    assert draft_kind(tiny_model("draft").config) == "ar"
+def test_draft_method_from_config():
+    assert draft_method(tiny_model("pard").config) == "pard"
+    assert draft_method(tiny_model("draft").config) == "vsd"
     config = tiny_model("draft").config
     config.pard_token = True  # not an integer id
-    assert draft_kind(config) == "ar"
+    assert draft_method(config) == "vsd"
 
 
 def test_unknown_model_is_a_clear_error(tmp_path):
-    with pytest.raises(ModelLoadError, match="could not load"):
+    with pytest.raises(ModelLoadError, match="no such file or directory"):
         load_pair(str(tmp_path / "missing-model"))
     with pytest.raises(ModelLoadError, match="unknown tiny model"):
         load_pair("tiny:nope")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import hf_greedy
+from helpers import hf_greedy
 from pard.cli import main
 from pard.decoding import SamplingConfig
 from pard.regenerate import RegenerateConfig, regenerate

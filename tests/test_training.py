@@ -8,14 +8,15 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from conftest import hf_greedy
+from helpers import hf_greedy
 from pard import SpeculativeDecoder, load_pair
 from pard.cli import main
 from pard.errors import DataError, InvalidArgumentError
+from pard.mask_tokens import choose_mask_token
 from pard.tiny import byte_tokenizer, tiny_model
 from pard.training import CODConfig, DataConfig, TrainConfig, train
 from pard.training.data import load_training_sequences, tokenize_records
-from pard.training.trainer import last_complete_checkpoint, resolve_mask_token
+from pard.training.rundir import last_complete_checkpoint
 
 CODE = [
     "def add(a, b):\n    return a + b\n",
@@ -57,7 +58,7 @@ def test_loss_decreases_weights_change_and_draft_serves(tmp_path, code_file):
     assert config_json["pard_token"] == byte_tokenizer().mask_token_id and config_json["spd_type"] == "pard"
     assert config_json["use_cache"] is True  # a trained draft is saved ready to decode with a KV cache
     pair = load_pair("tiny:llama", str(out), device="cpu")
-    assert pair.draft_kind == "pard"
+    assert pair.method == "pard"
     prompt = pair.tokenizer("def add(a, b):")["input_ids"]
     decoded = SpeculativeDecoder(pair.target, pair.draft, method="pard", num_draft_tokens=4,
                                  target_tokenizer=pair.tokenizer, draft_tokenizer=pair.draft_tokenizer)
@@ -102,14 +103,14 @@ def test_refuses_to_overwrite_a_run_without_resume(tmp_path, code_file):
 
 def test_mask_token_choices():
     tok = byte_tokenizer()
-    assert resolve_mask_token(tiny_model("draft"), tok, [7], False) == [7]
+    assert choose_mask_token(tiny_model("draft"), tok, [7], False) == [7]
     with pytest.raises(InvalidArgumentError, match="outside"):
-        resolve_mask_token(tiny_model("draft"), tok, [10_000], False)
-    assert resolve_mask_token(tiny_model("draft"), tok, None, False) == [tok.mask_token_id]  # its own mask token
+        choose_mask_token(tiny_model("draft"), tok, [10_000], False)
+    assert choose_mask_token(tiny_model("draft"), tok, None, False) == [tok.mask_token_id]  # its own mask token
     # Unused embedding rows past the tokenizer (how the official Qwen2.5 drafts pick 151665).
-    assert resolve_mask_token(tiny_model("draft", vocab_size=300), tok, None, False) == [len(tok)]
+    assert choose_mask_token(tiny_model("draft", vocab_size=300), tok, None, False) == [len(tok)]
     model = tiny_model("draft")
-    added = resolve_mask_token(model, tok, None, True)
+    added = choose_mask_token(model, tok, None, True)
     assert added == [len(tok) - 1] and model.get_input_embeddings().num_embeddings == len(tok)
 
 

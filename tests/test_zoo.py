@@ -5,7 +5,7 @@ import json
 import pytest
 from safetensors import safe_open
 
-from conftest import hf_greedy
+from helpers import hf_greedy
 from pard import SpeculativeDecoder, load_pair
 from pard.cli import main
 from pard.zoo import FAMILY, TARGETS, ZOO_DIR, zoo_path

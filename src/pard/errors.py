@@ -27,3 +27,7 @@ class ModelLoadError(PardError):
 
 class DataError(PardError):
     """Training or benchmark data is missing, empty or malformed (messages name the file and line)."""
+
+
+class OutputError(PardError):
+    """An output location cannot or may not be written (not empty, not writable, in use by another process)."""

@@ -10,40 +10,14 @@ import json
 import shutil
 from pathlib import Path
 
-from .errors import InvalidArgumentError, NotAParallelDraftError
-from .models import (
-    PARD_TOKEN_KEY,
-    check_tokenizers,
-    load_config,
-    load_model,
-    load_tokenizer,
-    mask_token_ids_of,
-    resolve_spec,
-)
-from .training.trainer import TRAINING_INFO_FILE
+from .errors import InvalidArgumentError
+from .files import check_output_dir, publish_dir
+from .mask_tokens import PARD_TOKEN_KEY, check_mask_ids, find_mask_token, mark_parallel_draft
+from .models import load_config, load_model, load_tokenizer
+from .specs import resolve_spec
+from .training.rundir import TRAINING_INFO_FILE
 from .vllm import serve_command, shell_line
-
-# Other names under which drafts in the wild store their mask token id.
-ALTERNATE_MASK_KEYS = ("mask_token_id", "pard_mask_token_id", "pard_mask_token", "mask_id", "parallel_mask_token")
-
-
-def find_mask_token(config, mask_token_id: int | None = None, mask_key: str | None = None) -> tuple[int, str | None]:
-    """The draft's mask id and the config key it was found under (None when given explicitly)."""
-    if mask_token_id is not None:
-        return mask_token_id, None
-    keys = [mask_key] if mask_key else [PARD_TOKEN_KEY, *ALTERNATE_MASK_KEYS]
-    for key in keys:
-        ids = mask_token_ids_of(config, key)
-        if ids:
-            if len(ids) > 1:
-                raise InvalidArgumentError(
-                    f"the draft uses distinct mask ids per position ({ids}); vLLM's parallel drafting takes one id"
-                )
-            return ids[0], key
-    raise NotAParallelDraftError(
-        f"no mask token id found in the draft's config (looked for {', '.join(keys)}); pass --mask-token-id ID "
-        "or --mask-key NAME"
-    )
+from .vocab import check_tokenizers
 
 
 def validate_pair(draft_tokenizer, target: str, mask_id: int, *, trust_remote_code: bool = False) -> None:
@@ -66,31 +40,34 @@ def export_draft(
     mask_token_id: int | None = None,
     mask_key: str | None = None,
     trust_remote_code: bool = False,
+    overwrite: bool = False,
 ) -> Path:
+    """Export ``draft`` to ``output``; refuses a non-empty ``output`` unless ``overwrite`` (then it is replaced as a
+    whole, atomically: a failed export leaves it as it was)."""
+    if num_draft_tokens < 1:
+        raise InvalidArgumentError(f"the number of draft tokens K must be >= 1, got {num_draft_tokens}")
     output = Path(output)
+    check_output_dir(output, overwrite=overwrite, what="--output")  # before anything is loaded
     config = load_config(draft, trust_remote_code=trust_remote_code)
     mask_id, found_under = find_mask_token(config, mask_token_id, mask_key)
     tokenizer = load_tokenizer(draft, trust_remote_code=trust_remote_code)
     model = load_model(draft, dtype="checkpoint", device="cpu", trust_remote_code=trust_remote_code)
-    rows = model.get_input_embeddings().num_embeddings
-    if not 0 <= mask_id < rows:
-        raise InvalidArgumentError(f"mask token id {mask_id} is outside the draft's embedding table (size {rows})")
+    check_mask_ids([mask_id], model.get_input_embeddings().num_embeddings)
     if target:
         validate_pair(tokenizer, target, mask_id, trust_remote_code=trust_remote_code)
     if found_under and found_under != PARD_TOKEN_KEY and hasattr(model.config, found_under):
         delattr(model.config, found_under)
-    setattr(model.config, PARD_TOKEN_KEY, mask_id)
-    model.config.spd_type = "pard"
-    output.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(output)  # safetensors
-    tokenizer.save_pretrained(output)
+    mark_parallel_draft(model.config, [mask_id])
     source = Path(resolve_spec(draft))
     info = None
     if (source / TRAINING_INFO_FILE).exists():
-        if source.resolve() != output.resolve():
-            shutil.copy(source / TRAINING_INFO_FILE, output / TRAINING_INFO_FILE)
         info = json.loads((source / TRAINING_INFO_FILE).read_text())
-    (output / "README.md").write_text(model_card(output, draft, mask_id, info, target, num_draft_tokens))
+    with publish_dir(output, overwrite=overwrite) as staging:
+        model.save_pretrained(staging)  # safetensors
+        tokenizer.save_pretrained(staging)
+        if info is not None:
+            shutil.copy(source / TRAINING_INFO_FILE, staging / TRAINING_INFO_FILE)
+        (staging / "README.md").write_text(model_card(output, draft, mask_id, info, target, num_draft_tokens))
     return output
 
 

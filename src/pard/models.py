@@ -8,27 +8,41 @@ Model specs accepted everywhere a model is named:
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
 
-from .errors import InvalidArgumentError, ModelLoadError, VocabularyMismatchError
+from .errors import InvalidArgumentError, ModelLoadError
+from .mask_tokens import mask_token_ids_of
+from .specs import resolve_spec
+from .vocab import check_compatible
 
-PARD_TOKEN_KEY = "pard_token"  # the config key official PARD checkpoints and upstream vLLM read
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
+
+def _looks_like_path(spec: str) -> bool:
+    """A spec the user meant as a local path: hub ids are ``name`` or ``org/name``, never more or absolute."""
+    return spec.startswith((".", "/", "~")) or spec.count("/") > 1 or os.sep != "/" and os.sep in spec
 
 
-def mask_token_ids_of(config: PretrainedConfig, key: str = PARD_TOKEN_KEY) -> list[int] | None:
-    """The draft's mask token id(s) from ``config.<key>`` (an int, or a list for distinct ids per position)."""
-    value = getattr(config, key, None)
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, int):
-        return [value]
-    if isinstance(value, (list, tuple)) and value and all(isinstance(v, int) for v in value):
-        return list(value)
-    return None
+def check_local_model(spec: str, *, need_tokenizer: bool = False) -> None:
+    """One clear line for local paths that cannot be a model: missing, a file, or a directory without config.json
+    (or without tokenizer files when ``need_tokenizer``). Hub ids pass through to the hub client."""
+    path = Path(spec).expanduser()
+    if not path.exists():
+        if _looks_like_path(spec):
+            raise ModelLoadError(f"{spec}: no such file or directory")
+        return
+    if not path.is_dir():
+        raise ModelLoadError(f"{spec}: not a model directory (a file)")
+    if not (path / "config.json").exists():
+        raise ModelLoadError(f"{spec}: not a model directory (no config.json)")
+    if need_tokenizer and not any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json",
+                                                                 "tokenizer.model", "vocab.json")):
+        raise ModelLoadError(f"{spec}: the model directory has no tokenizer (tokenizer.json or tokenizer_config.json)")
 
 
 def load_config(spec: str, *, trust_remote_code: bool = False) -> PretrainedConfig:
@@ -38,21 +52,22 @@ def load_config(spec: str, *, trust_remote_code: bool = False) -> PretrainedConf
     spec = resolve_spec(spec)
     if spec.startswith("tiny:"):
         return load_model(spec, device="cpu").config
+    check_local_model(spec)
     try:
         return AutoConfig.from_pretrained(spec, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"could not load the config of {spec!r}: {_first_line(err)}") from err
 
 
-def draft_kind(config: PretrainedConfig) -> str:
-    """``"pard"`` when the config carries an integer ``pard_token`` (``spd_type: "pard"`` may accompany it), else
-    ``"ar"``."""
-    return "pard" if mask_token_ids_of(config) else "ar"
+def draft_method(config) -> str:
+    """The decoding method a draft implies: ``"pard"`` when its config carries a mask token (``pard_token``), else
+    ``"vsd"`` (an ordinary autoregressive draft drafts one token per forward)."""
+    return "pard" if mask_token_ids_of(config) else "vsd"
 
 
-def vocab_size(model: PreTrainedModel) -> int:
-    """Rows of the output projection: the size of the distributions the model emits."""
-    return model.get_output_embeddings().weight.shape[0]
+def implied_method(draft_config) -> str:
+    """``draft_method`` of a draft's config, or ``"ar"`` when there is no draft."""
+    return "ar" if draft_config is None else draft_method(draft_config)
 
 
 def context_window(model: PreTrainedModel) -> int | None:
@@ -64,7 +79,13 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     """``None``/"auto" -> CUDA when available, else CPU."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        parsed = None
+    if parsed is None or parsed.type not in DEVICE_TYPES:
+        raise InvalidArgumentError(f"unknown device {str(device)!r}; use auto, cpu, cuda or cuda:N")
+    device = parsed
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InvalidArgumentError(f"device {device} requested but CUDA is not available; use --device cpu")
     return device
@@ -103,6 +124,7 @@ def load_model(
             raise ModelLoadError(f"unknown tiny model {name!r}; choose one of {', '.join(TINY_MODELS)}")
         model = tiny_model(name).to(torch.float32 if dtype == "auto" else dtype)
     else:
+        check_local_model(spec)
         try:
             model = AutoModelForCausalLM.from_pretrained(
                 spec, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=None
@@ -119,45 +141,16 @@ def load_tokenizer(spec: str, *, trust_remote_code: bool = False):
         from .tiny import byte_tokenizer
 
         return byte_tokenizer()
+    check_local_model(spec, need_tokenizer=True)
     try:
         return AutoTokenizer.from_pretrained(spec, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"could not load the tokenizer of {spec!r}: {_first_line(err)}") from err
 
 
-def check_tokenizers(target_tokenizer, draft_tokenizer) -> None:
-    """Every token of the target's vocabulary must have the same id in the draft's (the draft may have more,
-    e.g. an added mask token); else :class:`VocabularyMismatchError`."""
-    target_vocab, draft_vocab = target_tokenizer.get_vocab(), draft_tokenizer.get_vocab()
-    wrong = [tok for tok, i in target_vocab.items() if draft_vocab.get(tok) != i]
-    if wrong:
-        tok = min(wrong, key=lambda t: target_vocab[t])
-        raise VocabularyMismatchError(
-            f"the draft's tokenizer does not match the target's: {len(wrong)} of {len(target_vocab)} target "
-            f"tokens are missing or numbered differently (e.g. {tok!r}: target id {target_vocab[tok]}, draft id "
-            f"{draft_vocab.get(tok)}); target and draft must come from one model family"
-        )
-
-
-def check_compatible(target: PreTrainedModel, draft: PreTrainedModel, target_tokenizer=None, draft_tokenizer=None):
-    """Raise :class:`VocabularyMismatchError` unless draft token ids mean the same tokens to the target.
-
-    With both tokenizers, :func:`check_tokenizers` decides and the models' output sizes may differ (vocabulary
-    padding). Without tokenizers, the output sizes must be equal.
-    """
-    if target_tokenizer is not None and draft_tokenizer is not None:
-        check_tokenizers(target_tokenizer, draft_tokenizer)
-        return
-    if vocab_size(target) != vocab_size(draft):
-        raise VocabularyMismatchError(
-            f"target and draft vocabulary sizes differ ({vocab_size(target)} vs {vocab_size(draft)}) and no "
-            "tokenizers were given to show they agree"
-        )
-
-
 @dataclass
 class ModelPair:
-    """A loaded target (+ draft) with tokenizer(s) and the draft's kind (``"pard"`` or ``"ar"``)."""
+    """A loaded target (+ draft) with tokenizer(s)."""
 
     target: PreTrainedModel
     tokenizer: object
@@ -165,8 +158,9 @@ class ModelPair:
     draft_tokenizer: object | None = None
 
     @property
-    def draft_kind(self) -> str | None:
-        return draft_kind(self.draft.config) if self.draft is not None else None
+    def method(self) -> str:
+        """The method this pair implies: ``pard`` (parallel draft), ``vsd`` (autoregressive draft) or ``ar``."""
+        return implied_method(self.draft.config if self.draft is not None else None)
 
 
 def load_pair(
@@ -177,7 +171,11 @@ def load_pair(
     device: str | torch.device | None = None,
     trust_remote_code: bool = False,
 ) -> ModelPair:
-    """Load target and draft (same dtype and device) and check up front that they share a vocabulary."""
+    """Load target and draft (same dtype and device) and check up front that they share a vocabulary.
+
+    The one place a pair is loaded and checked: every command goes through here, so a pair with the same tokenizer
+    but differently padded output layers (Qwen2.5-7B with a 0.5B draft) is accepted everywhere.
+    """
     tokenizer = load_tokenizer(target, trust_remote_code=trust_remote_code)
     draft_tokenizer = load_tokenizer(draft, trust_remote_code=trust_remote_code) if draft else None
     target_model = load_model(target, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
@@ -186,15 +184,6 @@ def load_pair(
         draft_model = load_model(draft, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
         check_compatible(target_model, draft_model, tokenizer, draft_tokenizer)
     return ModelPair(target_model, tokenizer, draft_model, draft_tokenizer)
-
-
-def resolve_spec(spec: str) -> str:
-    """``zoo:NAME`` -> the member's directory inside the package; anything else unchanged."""
-    if not spec.startswith("zoo:"):
-        return spec
-    from .zoo import zoo_path
-
-    return str(zoo_path(spec.removeprefix("zoo:")))
 
 
 def _first_line(err: Exception) -> str:

@@ -11,8 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ..training import CODConfig, DataConfig, TrainConfig, train
-from ..training.trainer import TRAINING_INFO_FILE, last_complete_checkpoint
+from ..files import atomic_write_text
+from ..training.cod import CODConfig
+from ..training.data import DataConfig
+from ..training.trainer import TrainConfig, train_or_resume
 from .report import markdown_table, write_json
 from .runner import BenchConfig, run_bench
 
@@ -51,20 +53,21 @@ def run_alignment(config: AlignmentConfig) -> dict:
         sampling=SamplingConfig(), batch_size=16, seed=config.seed,
     ))
     base = TrainConfig(
-        model=config.base, data=[str(regenerated)], output="", cod=CODConfig(config.num_draft_tokens, 0.7, 0.2),
+        model=config.base, data=[str(regenerated)], output="", cod=CODConfig(config.num_draft_tokens),
         data_config=DataConfig(max_seq_len=config.window_tokens), max_steps=config.steps,
         learning_rate=config.learning_rate, batch_size=config.batch_size, bf16=config.bf16, seed=config.seed,
         save_steps=max(50, config.steps // 4), save_total_limit=1, logging_steps=25,
     )
     # Same base, steps and schedule for every variant: only the training data (and the KD term) differ.
     variants = {
-        "raw corpus": _trained(replace(base, data=[config.corpus], output=str(out / "draft-raw"))),
-        "regenerated": _trained(replace(base, output=str(out / "draft-regenerated"))),
-        "regenerated + distillation": _trained(replace(base, output=str(out / "draft-distilled"),
-                                                       distill_from=config.teacher, kd_weight=config.kd_weight)),
+        "raw corpus": replace(base, data=[config.corpus], output=str(out / "draft-raw")),
+        "regenerated": replace(base, output=str(out / "draft-regenerated")),
+        "regenerated + distillation": replace(base, output=str(out / "draft-distilled"),
+                                              distill_from=config.teacher, kd_weight=config.kd_weight),
     }
     rows, results = [], {}
-    for name, draft in variants.items():
+    for name, train_config in variants.items():
+        draft = str(train_or_resume(train_config))
         bench = replace(config.bench, targets=config.targets, draft=draft, methods=["ar", "pard"],
                         ks=[config.num_draft_tokens], output=str(out / "bench" / name.replace(" ", "-")))
         summary = run_bench(bench)
@@ -77,12 +80,6 @@ def run_alignment(config: AlignmentConfig) -> dict:
                              f"{m['speedup']:.2f}x"])
     table = markdown_table(["draft trained on", "target", "dataset", "1-α", "2..4-α", "τ", "PARD speedup"], rows)
     write_json(out / "alignment.json", {"config": {k: str(v) for k, v in vars(config).items()}, "results": results})
-    (out / "alignment.md").write_text(table)
+    atomic_write_text(out / "alignment.md", table)
     return {"table": table, "results": results}
 
-
-def _trained(config: TrainConfig) -> str:
-    """Train unless this exact output already finished; resume an interrupted run."""
-    if not (Path(config.output) / TRAINING_INFO_FILE).exists():
-        train(replace(config, resume=last_complete_checkpoint(config.output) is not None))
-    return config.output

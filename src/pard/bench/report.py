@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from ..files import atomic_write_bytes, atomic_write_text
+
 
 def machine_info() -> dict:
     """What the numbers were measured on."""
@@ -36,8 +38,16 @@ def markdown_table(headers: list[str], rows: list[list]) -> str:
 
 
 def write_json(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def save_figure(fig, path: Path) -> None:
+    """``fig`` as a PNG at ``path``, written atomically (a half-written plot never replaces the previous one)."""
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def _label(m: dict) -> str:
@@ -146,7 +156,7 @@ def bench_plots(summary: dict, out_dir: Path) -> list[Path]:
         ax.set_title(f"Acceptance per position (K={kmax})")
         fig.tight_layout()
         written.append(out_dir / "acceptance.png")
-        fig.savefig(written[-1], dpi=120)
+        save_figure(fig, written[-1])
         plt.close(fig)
     methods = [x for x in dict.fromkeys(m["method"] for m in rows) if x != "ar"]
     batches = sorted({m["batch_size"] for m in rows})
@@ -175,6 +185,6 @@ def _finish_speedup_plot(fig, ax, title: str, path: Path) -> Path:
     ax.legend(fontsize=7)
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
     return path

@@ -19,8 +19,10 @@ from tqdm.auto import tqdm
 
 from ..decoding import SamplingConfig, SpeculativeDecoder
 from ..errors import InvalidArgumentError
+from ..files import atomic_write_text, check_output_dir
 from ..models import load_model, load_tokenizer
 from ..prompts import encode_prompt, eos_token_ids
+from ..vocab import check_compatible
 from .datasets import load_prompts
 from .report import machine_info, write_json
 
@@ -62,8 +64,13 @@ class BenchConfig:
             raise InvalidArgumentError("method pard needs --draft")
         if {"vsd", "hf-assisted"} & set(self.methods) and not self.ar_draft:
             raise InvalidArgumentError("methods vsd / hf-assisted need --ar-draft")
+        if not self.ks or not self.batch_sizes or not self.targets or not self.datasets:
+            raise InvalidArgumentError("give at least one target, dataset, K and batch size")
         if min(self.ks) < 1 or min(self.batch_sizes) < 1 or self.repeats < 1 or self.num_prompts < 1:
             raise InvalidArgumentError("K, batch sizes, repeats and --num-prompts must be >= 1")
+        if self.max_new_tokens < 1 or self.warmup < 0:
+            raise InvalidArgumentError("--max-new-tokens must be >= 1 and --warmup >= 0")
+        SamplingConfig(self.temperature, self.top_k, self.top_p)  # raises on a bad temperature / top-k / top-p
 
 
 @dataclass
@@ -87,29 +94,40 @@ class Measurement:
 
 
 def run_bench(config: BenchConfig) -> dict:
-    """Run every configuration; write generations.jsonl and summary.json under ``config.output``."""
+    """Run every configuration; write generations.jsonl and summary.json under ``config.output``.
+
+    Everything that can fail on bad input (settings, datasets, models, the pairs' vocabularies) fails before the
+    output directory is touched, and results are written atomically at the end: a failed run leaves the previous
+    run's files as they were.
+    """
     config.validate()
     out_dir = Path(config.output)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_output_dir(out_dir, overwrite=True, what="--output")  # a file there, or no write permission: say so now
     sampling = SamplingConfig(config.temperature, config.top_k, config.top_p)
+    prompt_sets = {d: load_prompts(d, limit=config.num_prompts, prompt_field=config.prompt_field)
+                   for d in config.datasets}
     drafts = {
         "pard": _load(config.draft, config) if "pard" in config.methods else None,
         "ar": _load(config.ar_draft, config) if {"vsd", "hf-assisted"} & set(config.methods) else None,
     }
+    draft_tokenizers = {kind: load_tokenizer(spec) for kind, spec in
+                        [("pard", config.draft), ("ar", config.ar_draft)] if drafts[kind] is not None}
     # ar first: it is every speedup's denominator and every greedy output's reference.
     methods = ["ar"] + [m for m in config.methods if m != "ar"]
     plan = _plan(config, methods)
     measurements: list[Measurement] = []
-    log = (out_dir / "generations.jsonl").open("w")
+    log: list[str] = []
     total = len(plan) * len(config.targets) * len(config.datasets) * len(config.batch_sizes)
     bar = tqdm(total=total, desc="bench", unit="config")
     truncated = {}
     for target_spec in config.targets:
         target = _load(target_spec, config)
         tokenizer = load_tokenizer(target_spec)
+        for kind, draft in drafts.items():  # the same check as everywhere a pair meets: tokenizers decide
+            if draft is not None:
+                check_compatible(target, draft, tokenizer, draft_tokenizers[kind])
         eos = eos_token_ids(tokenizer, target)
-        for dataset in config.datasets:
-            prompts = load_prompts(dataset, limit=config.num_prompts, prompt_field=config.prompt_field)
+        for dataset, prompts in prompt_sets.items():
             ids = [encode_prompt(tokenizer, p.text, chat_template=config.chat_template) for p in prompts]
             ids, truncated[f"{target_spec} {dataset}"] = _fit_context(ids, target, config.max_new_tokens)
             for batch_size in config.batch_sizes:
@@ -120,7 +138,7 @@ def run_bench(config: BenchConfig) -> dict:
                         bar.update()
                         continue
                     bar.set_postfix_str(f"{target_spec} {dataset} {method} K={k} B={batch_size}")
-                    run = _runner(method, k, target, drafts, tokenizer, sampling, eos, config)
+                    run = _runner(method, k, target, tokenizer, drafts, draft_tokenizers, sampling, eos, config)
                     m, outputs = _measure(run, ids, batches, config)
                     m.target, m.dataset, m.method, m.k, m.batch_size = target_spec, dataset, method, k, batch_size
                     if method == "ar":
@@ -129,11 +147,10 @@ def run_bench(config: BenchConfig) -> dict:
                         m.mismatches = sum(a != b for a, b in zip(outputs, reference))
                     measurements.append(m)
                     for i, out in enumerate(outputs):
-                        log.write(_json_line(m, prompts[i].id, out, reference[i] if reference else None))
+                        log.append(_json_line(m, prompts[i].id, out, reference[i] if reference else None))
                     bar.update()
         del target
     bar.close()
-    log.close()
     _add_speedups(measurements)
     summary = {
         "config": asdict(config),
@@ -141,6 +158,7 @@ def run_bench(config: BenchConfig) -> dict:
         "truncated_prompts": {key: n for key, n in truncated.items() if n},
         "measurements": [asdict(m) for m in measurements],
     }
+    atomic_write_text(out_dir / "generations.jsonl", "".join(log))
     write_json(out_dir / "summary.json", summary)
     return summary
 
@@ -169,11 +187,12 @@ def _load(spec: str, config: BenchConfig):
     return load_model(spec, dtype=config.dtype, device=config.device)
 
 
-def _runner(method, k, target, drafts, tokenizer, sampling, eos, config):
+def _runner(method, k, target, tokenizer, drafts, draft_tokenizers, sampling, eos, config):
     """A function batch-of-token-lists -> (outputs, GenerationStats | None)."""
     if method in ENGINE_METHODS:
-        draft = {"ar": None, "vsd": drafts["ar"], "pard": drafts["pard"]}[method]
-        decoder = SpeculativeDecoder(target, draft, method=method, num_draft_tokens=k or 1)
+        kind = {"ar": None, "vsd": "ar", "pard": "pard"}[method]
+        decoder = SpeculativeDecoder(target, drafts.get(kind), method=method, num_draft_tokens=k or 1,
+                                     target_tokenizer=tokenizer, draft_tokenizer=draft_tokenizers.get(kind))
 
         def run(batch, seed):
             out = decoder.generate(batch, max_new_tokens=config.max_new_tokens, sampling=sampling,

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import statistics
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -17,9 +19,14 @@ from pathlib import Path
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
-from ..training import CODConfig, DataConfig, TrainConfig, train
+from ..errors import InvalidArgumentError
+from ..files import atomic_write_text
+from ..training.cod import CODConfig
 from ..training.cost import cod_token_factor
-from .report import machine_info, markdown_table, write_json
+from ..training.data import DataConfig
+from ..training.rundir import TRAINING_INFO_FILE
+from ..training.trainer import TrainConfig, train
+from .report import machine_info, markdown_table, save_figure, write_json
 
 WARMUP_STEPS = 2
 
@@ -49,28 +56,28 @@ def run_training_cost(
     learning_rate: float = 1e-4,
     seed: int = 0,
 ) -> dict:
-    cod = cod or CODConfig(8, 0.7, 0.2)
+    if steps <= WARMUP_STEPS:
+        raise InvalidArgumentError(f"--steps must exceed the {WARMUP_STEPS} warm-up steps excluded from the timing, "
+                                   f"got {steps}")
+    if repeats < 1 or batch_size < 1:
+        raise InvalidArgumentError("--repeats and --batch-size must be >= 1")
+    cod = cod or CODConfig()
     layouts = {"COD": cod, "no drop (r=1)": CODConfig(cod.num_draft_tokens, 1.0, 1.0)}
     base = TrainConfig(
         model=model, data=data, output="", data_config=DataConfig(max_seq_len=max_seq_len), max_steps=steps,
         learning_rate=learning_rate, batch_size=batch_size, save_steps=10**9, logging_steps=10**9, seed=seed,
         disable_progress=True,
     )
+    base.validate()
     samples = {name: [] for name in layouts}
     runs = [(i, name) for i in range(repeats) for name in layouts]  # alternate, so drift hits both alike
-    for i, name in tqdm(runs, desc="training-cost runs"):
-        timer = StepTimer()
-        out = output / "runs" / f"{'cod' if name == 'COD' else 'full'}-{i}"
-        train(replace(base, cod=layouts[name], output=str(out)), callbacks=[timer])
-        info = json.loads((out / "pard_training.json").read_text())
-        step = statistics.median(timer.durations[WARMUP_STEPS:] or timer.durations)
-        samples[name].append(
-            {
-                "seconds_per_step": step,
-                "packed_tokens_per_step": info["packed_tokens"] / info["steps"],
-                "steps_per_epoch": math.ceil(info["training_sequences"] / info["batch_size"]),
-            }
-        )
+    output.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(dir=output, prefix=".runs-"))  # the throw-away trainings, removed at the end
+    try:
+        for i, name in tqdm(runs, desc="training-cost runs"):
+            samples[name].append(_timed_run(replace(base, cod=layouts[name], output=str(scratch / f"{name}-{i}"))))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     results = {"machine": machine_info(), "model": model, "data": data, "num_draft_tokens": cod.num_draft_tokens,
                "max_seq_len": max_seq_len, "batch_size": batch_size, "steps": steps, "repeats": repeats, "layouts": {}}
     for name, layout in layouts.items():
@@ -92,9 +99,20 @@ def run_training_cost(
     results["analytic_token_ratio"] = full_row["analytic_tokens_per_sequence_token"] / cod_row[
         "analytic_tokens_per_sequence_token"]
     write_json(output / "train_cost.json", results)
-    (output / "train_cost.md").write_text(training_cost_markdown(results))
+    atomic_write_text(output / "train_cost.md", training_cost_markdown(results))
     plot_training_cost(results, output / "train_cost.png")
     return results
+
+
+def _timed_run(config: TrainConfig) -> dict:
+    timer = StepTimer()
+    train(config, callbacks=[timer])
+    info = json.loads((Path(config.output) / TRAINING_INFO_FILE).read_text())
+    return {
+        "seconds_per_step": statistics.median(timer.durations[WARMUP_STEPS:]),
+        "packed_tokens_per_step": info["packed_tokens"] / info["steps"],
+        "steps_per_epoch": math.ceil(info["training_sequences"] / info["batch_size"]),
+    }
 
 
 def training_cost_markdown(results: dict) -> str:
@@ -131,5 +149,5 @@ def plot_training_cost(results: dict, path: Path) -> None:
     ratio = results["epoch_time_ratio"]
     fig.suptitle(f"PARD training cost, K = {results['num_draft_tokens']}: COD {ratio:.2f}x faster")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)

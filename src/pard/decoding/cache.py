@@ -8,14 +8,16 @@ cache. Positions are passed explicitly (a row's next position = its number of re
 row exactly as if it had been decoded alone, and Hugging Face models run unmodified: the 2-D attention mask over
 slots turns the holes off.
 
-The interface (``forward`` / ``rollback`` / ``keep_rows`` / ``lengths``) is what the engine and proposers use; a
-static, position-written cache for ``torch.compile`` can implement the same four methods.
+This is one implementation of :class:`~pard.decoding.lm.LanguageModel`, the interface the engine and the
+proposers use.
 """
 
 from __future__ import annotations
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
+
+from .lm import PAD_ID, ragged_slices
 
 
 class CachedLM:
@@ -68,7 +70,7 @@ class CachedLM:
         self.cache.batch_select_indices(rows)
         self.slot_mask = self.slot_mask[rows]
 
-    def feed(self, sequences: torch.Tensor, ends: torch.Tensor, pad_id: int, need_logits: bool = True):
+    def feed(self, sequences: torch.Tensor, ends: torch.Tensor, pad_id: int = PAD_ID, need_logits: bool = True):
         """Catch up on committed tokens: read ``sequences[i, lengths[i]:ends[i]]`` for every row in one forward.
 
         Rows are right-padded to the longest gap and the padding is rolled back at once. Returns the logits at
@@ -86,18 +88,3 @@ class CachedLM:
         last = (counts - 1).clamp_min(0)  # (B,)
         return logits[torch.arange(len(last), device=self.device), last]  # (B, V)
 
-
-def ragged_slices(
-    sequences: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor, pad_id: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gather sequences[i, starts[i]:ends[i]] into a right-padded (B, T) tensor; also return counts (B,).
-
-    sequences (B, L) holds each row's tokens from index 0 (right-padded buffer).
-    """
-    counts = (ends - starts).clamp_min(0)  # (B,)
-    width = int(counts.max()) if counts.numel() else 0
-    offsets = torch.arange(width, device=sequences.device)  # (T,)
-    index = (starts[:, None] + offsets).clamp_max(sequences.shape[1] - 1)  # (B, T)
-    ids = sequences.gather(1, index)
-    ids = ids.masked_fill(offsets >= counts[:, None], pad_id)
-    return ids, counts

@@ -19,10 +19,12 @@ import torch
 from transformers import PreTrainedModel
 
 from ..errors import InvalidArgumentError, NotAParallelDraftError, PromptTooLongError
-from ..models import check_compatible, context_window, mask_token_ids_of, vocab_size
+from ..mask_tokens import mask_token_ids_of
+from ..models import context_window
+from ..vocab import check_compatible, vocab_size
 from .cache import CachedLM
+from .lm import PAD_ID
 from .proposers import AutoregressiveDraftProposer, ParallelDraftProposer, Proposer
-from .proposers.base import PAD_ID
 from .sampling import SamplingConfig, logits_to_probs
 from .stats import GenerationStats
 from .verify import greedy_accept, rejection_sample

@@ -1,8 +1,27 @@
-"""PARD training: COD samples (Algorithm 1), the collator, data loading and the Trainer wiring."""
+"""PARD training: COD samples (Algorithm 1), the collator, data loading, the run directory and the Trainer wiring.
 
-from .cod import CODConfig, PackedSample, build_cod_sample
-from .collator import CODCollator
-from .data import DataConfig
-from .trainer import TrainConfig, train
+Names are imported on first use (PEP 562): reading a run directory (:mod:`.rundir`) or building COD samples does
+not pull in the Trainer or ``datasets``.
+"""
 
-__all__ = ["CODCollator", "CODConfig", "DataConfig", "PackedSample", "TrainConfig", "build_cod_sample", "train"]
+from importlib import import_module
+
+_LAZY = {
+    "CODConfig": ".cod",
+    "PackedSample": ".cod",
+    "build_cod_sample": ".cod",
+    "CODCollator": ".collator",
+    "DataConfig": ".data",
+    "TrainConfig": ".trainer",
+    "train": ".trainer",
+    "train_or_resume": ".trainer",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = sorted(_LAZY)

@@ -14,6 +14,7 @@ from pathlib import Path
 import datasets
 
 from ..errors import DataError
+from ..prompts import render_chat
 
 _BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text"}
 
@@ -26,8 +27,10 @@ class DataConfig:
     messages_field: str = field(default="messages", metadata={"help": "field holding chat messages"})
     assistant_only: bool = field(default=False, metadata={"help": "train only on assistant tokens of chats"})
     max_seq_len: int = field(default=512, metadata={"help": "tokens per training sequence (before COD)"})
-    packing: bool = field(default=True, metadata={"help": "concatenate records and cut into max_seq_len chunks"})
-    split: str = field(default="train", metadata={"help": "split of hub datasets"})
+    packing: bool = field(default=True, metadata={
+        "help": "one record per sequence (padded batches) instead of packing records into max-seq-len chunks",
+        "flags": ("--no-packing",)})
+    split: str = field(default="train", metadata={"help": "split of hub datasets", "flags": ("--data-split",)})
 
 
 def load_records(spec: str, split: str = "train") -> datasets.Dataset:
@@ -46,8 +49,10 @@ def load_records(spec: str, split: str = "train") -> datasets.Dataset:
             raise DataError(f"{spec}: unsupported file type {path.suffix!r}; use {', '.join(_BUILDERS)}")
         if builder == "json":
             check_json_file(path)
-        elif path.stat().st_size == 0:
-            raise DataError(f"{spec}: the file is empty")
+        elif builder == "text":
+            read_utf8(path)
+            if path.stat().st_size == 0:
+                raise DataError(f"{spec}: the file is empty")
         kwargs = {"sample_by": "document"} if builder == "text" else {}
         return datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
     name, _, config = spec.partition(":")
@@ -58,9 +63,20 @@ def load_records(spec: str, split: str = "train") -> datasets.Dataset:
                         f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from err
 
 
+def read_utf8(path: Path) -> str:
+    """The file's text; a file that is not UTF-8 fails with ``file:line`` of the first bad byte."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x}); convert the file to UTF-8") \
+            from None
+
+
 def check_json_file(path: Path) -> None:
     """Fail with ``file:line`` on the first malformed record; fail on files without records."""
-    text = path.read_text(encoding="utf-8")
+    text = read_utf8(path)
     if not text.strip():
         raise DataError(f"{path}: the file is empty")
     if text.lstrip().startswith("["):
@@ -121,17 +137,11 @@ class _ChatEncoder:
     config: DataConfig
     source: str
 
-    def render(self, messages, add_generation_prompt=False) -> list[int]:
-        ids = self.tokenizer.apply_chat_template(
-            messages, tokenize=True, add_generation_prompt=add_generation_prompt
-        )
-        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
-
     def __call__(self, record, index):
         messages = record[self.config.messages_field]
         if not messages or not all(isinstance(m, dict) and "role" in m and "content" in m for m in messages):
             raise DataError(f"{self.source}: record {index} has no valid messages (need role and content)")
-        ids = self.render(messages)
+        ids = render_chat(self.tokenizer, messages)
         if not self.config.assistant_only:
             return {"input_ids": ids, "trainable": [True] * len(ids)}
         # Assistant spans by prefix differences: render the conversation up to each assistant turn (with the
@@ -141,8 +151,8 @@ class _ChatEncoder:
         for i, message in enumerate(messages):
             if message["role"] != "assistant":
                 continue
-            before = self.render(messages[:i], add_generation_prompt=True)
-            after = self.render(messages[: i + 1])
+            before = render_chat(self.tokenizer, messages[:i], add_generation_prompt=True)
+            after = render_chat(self.tokenizer, messages[: i + 1])
             if ids[: len(after)] != after or after[: len(before)] != before:
                 raise DataError(
                     f"{self.source}: record {index}: the chat template does not render conversations "

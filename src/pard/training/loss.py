@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..decoding.proposers.base import align_vocab
+from ..vocab import align_vocab
 from .cod import IGNORE_INDEX
 
 

@@ -9,25 +9,34 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AddedToken, Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ProgressCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..errors import InvalidArgumentError
-from ..models import PARD_TOKEN_KEY, check_tokenizers, load_model, load_tokenizer, resolve_device
+from ..files import apply_umask, atomic_write_text
+from ..mask_tokens import choose_mask_token, mark_parallel_draft
+from ..models import load_model, load_tokenizer, resolve_device
+from ..vocab import check_tokenizers
 from .cod import IGNORE_INDEX, CODConfig, build_cod_sample
 from .collator import CODCollator
 from .data import DataConfig, load_training_sequences
 from .loss import kd_loss, pard_loss, teacher_distributions
-
-ADDED_MASK_TOKEN = "<|pard_mask|>"
-TRAINING_INFO_FILE = "pard_training.json"
+from .rundir import (
+    CHECKPOINT_PREFIX,
+    PROGRESS_FILE,
+    TRAINING_INFO_FILE,
+    is_finished,
+    last_complete_checkpoint,
+    prepare_run_dir,
+    read_progress,
+)
 
 
 @dataclass
@@ -36,38 +45,79 @@ class TrainConfig:
 
     model: str = field(metadata={"help": "the autoregressive draft to adapt: hub id, local dir or tiny:NAME"})
     data: list[str] = field(metadata={"help": "data files (json/jsonl/parquet/txt), stdlib[:split] or hub names"})
-    output: str = field(metadata={"help": "output directory (checkpoints go inside it)"})
+    output: str = field(metadata={"help": "output directory (new or empty; checkpoints go inside it)"})
     cod: CODConfig = field(default_factory=CODConfig)
     data_config: DataConfig = field(default_factory=DataConfig)
     epochs: float = field(default=1.0, metadata={"help": "training epochs"})
     max_steps: int = field(default=-1, metadata={"help": "stop after this many optimizer steps (overrides epochs)"})
-    learning_rate: float = field(default=5e-5, metadata={"help": "peak learning rate (AdamW, cosine decay)"})
+    learning_rate: float = field(default=5e-5, metadata={"help": "peak learning rate (AdamW, cosine decay)",
+                                                         "flags": ("--lr", "--learning-rate")})
     warmup_ratio: float = field(default=0.03, metadata={"help": "fraction of steps of linear warm-up"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     batch_size: int = field(default=8, metadata={"help": "sequences per device per step"})
     grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps"})
     mask_token_ids: list[int] | None = field(
-        default=None, metadata={"help": "reuse these token ids as mask tokens (one shared id, or one per depth)"}
+        default=None, metadata={"help": "reuse these token ids as mask tokens (one shared id, or one per depth)",
+                                "flags": ("--mask-token-id",), "metavar": "ID", "exclusive": "mask"}
     )
-    add_mask_token: bool = field(default=False, metadata={"help": "add a new special mask token and resize"})
+    add_mask_token: bool = field(default=False, metadata={"help": "add a new special mask token and resize",
+                                                          "exclusive": "mask"})
     seed: int = field(default=0, metadata={"help": "seed for init, data order and COD drop patterns"})
     save_steps: int = field(default=500, metadata={"help": "write a checkpoint every N steps"})
     save_total_limit: int = field(default=2, metadata={"help": "keep this many checkpoints"})
     logging_steps: int = field(default=10, metadata={"help": "log loss and tokens/s every N steps"})
-    resume: bool = field(default=False, metadata={"help": "continue from the last complete checkpoint"})
+    resume: bool = field(default=False, metadata={
+        "help": "continue the run in --output from its last complete checkpoint (starts fresh if it has none)"})
     bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision (GPUs that support it)"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda"})
-    attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa or eager"})
+    attn_implementation: str = field(default="sdpa", metadata={"help": "attention kernel",
+                                                               "choices": ("sdpa", "eager")})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "trade compute for memory"})
     deepspeed: str | None = field(default=None, metadata={"help": "a DeepSpeed config file"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the hub"})
-    report_to: str = field(default="none", metadata={"help": "tensorboard, wandb, ... (none by default)"})
-    disable_progress: bool = field(default=False, metadata={"help": "no progress bar (logs only)"})
+    report_to: str = field(default="none", metadata={"help": "where to log: tensorboard, wandb, ... or none"})
+    disable_progress: bool = field(default=False, metadata={"help": "no progress bar (logs only)",
+                                                            "flags": ("--no-progress",)})
     distill_from: str | None = field(
-        default=None, metadata={"help": "add a KL term towards this target's distributions (token-level alignment)"}
+        default=None, metadata={"help": "add a KL term towards this target's distributions (token-level alignment)",
+                                "metavar": "TARGET"}
     )
     kd_weight: float = field(default=1.0, metadata={"help": "weight of the distillation term"})
     kd_temperature: float = field(default=1.0, metadata={"help": "softmax temperature of the distillation term"})
+
+    def validate(self) -> None:
+        """Refuse settings that would fail (or silently misbehave) after the model and data are loaded."""
+        checks = [
+            (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
+            (self.grad_accum >= 1, f"--grad-accum must be >= 1, got {self.grad_accum}"),
+            (math.isfinite(self.learning_rate) and self.learning_rate > 0,
+             f"--lr must be a positive number, got {self.learning_rate}"),
+            (math.isfinite(self.epochs) and (self.epochs > 0 or self.max_steps > 0),
+             f"--epochs must be a positive number (or set --max-steps), got {self.epochs}"),
+            (self.max_steps == -1 or self.max_steps >= 1, f"--max-steps must be >= 1, got {self.max_steps}"),
+            (math.isfinite(self.warmup_ratio) and 0 <= self.warmup_ratio < 1,
+             f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}"),
+            (math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+             f"--weight-decay must be >= 0, got {self.weight_decay}"),
+            (self.save_steps >= 1 and self.logging_steps >= 1, "--save-steps and --logging-steps must be >= 1"),
+            (math.isfinite(self.kd_weight) and self.kd_weight >= 0, f"--kd-weight must be >= 0, got {self.kd_weight}"),
+            (math.isfinite(self.kd_temperature) and self.kd_temperature > 0,
+             f"--kd-temperature must be > 0, got {self.kd_temperature}"),
+            (self.data_config.max_seq_len >= self.cod.num_draft_tokens + 1,
+             f"--max-seq-len {self.data_config.max_seq_len} is below K + 1 = {self.cod.num_draft_tokens + 1}: "
+             "every sequence needs a position for each of the K subtasks"),
+            (bool(self.data), "no training data given (--data)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InvalidArgumentError(message)
+        resolve_device(self.device)
+
+    def run_record(self) -> dict:
+        """What identifies this run in its directory (``pard_run.json``); resuming needs the same COD layout."""
+        return {"base_model": self.model, "data": list(self.data), "num_draft_tokens": self.cod.num_draft_tokens,
+                "retention": self.cod.retention, "min_retention": self.cod.min_retention,
+                "max_seq_len": self.data_config.max_seq_len}
 
 
 class CODDataset(torch.utils.data.Dataset):
@@ -78,7 +128,7 @@ class CODDataset(torch.utils.data.Dataset):
         self.chunks, self.cod, self.mask_token_ids, self.seed = chunks, cod, mask_token_ids, seed
         self.epoch = 0
 
-    def set_epoch(self, epoch: int) -> None:  # called by accelerate's dataloader at each epoch
+    def set_epoch(self, epoch: int) -> None:  # called by :class:`EpochSync` at each epoch, resumed ones included
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
@@ -90,14 +140,37 @@ class CODDataset(torch.utils.data.Dataset):
         return build_cod_sample(chunk["input_ids"], self.cod, self.mask_token_ids, rng, chunk["trainable"])
 
 
+class EpochSync(TrainerCallback):
+    """Tell the dataset which epoch is starting, from the Trainer's own state.
+
+    Why not accelerate's ``set_epoch``: it reaches the dataset only on some sampler paths, and not at all through
+    the loader that skips the finished batches of a resumed epoch — so the rest of that epoch drew COD patterns
+    for the wrong epoch and a resumed run diverged from an uninterrupted one. ``state.epoch`` is restored from the
+    checkpoint (``steps / steps_per_epoch``), so its integer part is the epoch in both cases.
+    """
+
+    def __init__(self, dataset: CODDataset):
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.dataset.set_epoch(int((state.epoch or 0.0) + 1e-9))
+
+
 class PardTrainer(Trainer):
     """The Trainer with the PARD loss (+ distillation from a frozen ``teacher``), counting the packed tokens it
-    processes (padding included: what the compute is spent on)."""
+    processes (padding included: what the compute is spent on) and the training seconds, across resumes: each
+    checkpoint carries both in ``pard_progress.json``."""
 
-    def __init__(self, *args, teacher=None, kd_weight: float = 1.0, kd_temperature: float = 1.0, **kwargs):
+    def __init__(self, *args, teacher=None, kd_weight: float = 1.0, kd_temperature: float = 1.0,
+                 progress: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.model_accepts_loss_kwargs = False  # our loss is a per-micro-batch mean; let the Trainer scale for GA
-        self.tokens_seen = 0
+        progress = progress or {}
+        self.tokens_seen = int(progress.get("packed_tokens_per_process", 0))
+        self.seconds_before = float(progress.get("train_seconds", 0.0))
+        self.segments = list(progress.get("segments", []))  # closed (from_step, to_step) spans of earlier runs
+        self.segment_start = self.segments[-1]["to_step"] if self.segments else 0
+        self.started = time.perf_counter()
         self.teacher = teacher.to(self.args.device).eval().requires_grad_(False) if teacher is not None else None
         self.kd_weight, self.kd_temperature = kd_weight, kd_temperature
 
@@ -114,6 +187,22 @@ class PardTrainer(Trainer):
             loss = loss + self.kd_weight * kd_loss(outputs.logits, target, labels != IGNORE_INDEX,
                                                    self.kd_temperature)
         return (loss, outputs) if return_outputs else loss
+
+    def train_seconds(self) -> float:
+        return self.seconds_before + time.perf_counter() - self.started
+
+    def all_segments(self) -> list[dict]:
+        """One span of optimizer steps per invocation: a resumed run says where it was interrupted."""
+        return [*self.segments, {"from_step": self.segment_start, "to_step": self.state.global_step}]
+
+    def _save_checkpoint(self, model, trial):
+        # Written before the Trainer's own files: trainer_state.json (written last) vouches for this file too.
+        folder = Path(self.args.output_dir) / f"{CHECKPOINT_PREFIX}-{self.state.global_step}"
+        if self.is_world_process_zero():
+            progress = {"packed_tokens_per_process": self.tokens_seen, "train_seconds": self.train_seconds(),
+                        "segments": self.all_segments()}
+            atomic_write_text(folder / PROGRESS_FILE, json.dumps(progress) + "\n")
+        super()._save_checkpoint(model, trial)
 
 
 class ThroughputProgress(ProgressCallback):
@@ -134,57 +223,22 @@ class ThroughputProgress(ProgressCallback):
         logs["tokens_per_second"] = rate
 
 
-def resolve_mask_token(model, tokenizer, mask_token_ids: list[int] | None, add: bool) -> list[int]:
-    """Pick the mask token id(s), adding a token only when asked or when nothing can be reused.
-
-    Order: explicit ids; ``--add-mask-token``; else an unused embedding row past the tokenizer's vocabulary (how the
-    official Qwen2.5 drafts use 151665); else the tokenizer's own mask token; else a reserved special token
-    (``<|reserved_special_token_*|>`` as in Llama-3); else a new special token.
-    """
-    rows = model.get_input_embeddings().num_embeddings
-    if mask_token_ids:
-        bad = [i for i in mask_token_ids if not 0 <= i < rows]
-        if bad:
-            raise InvalidArgumentError(f"mask token id(s) {bad} outside the model's embedding table (size {rows})")
-        return list(mask_token_ids)
-    if not add:
-        if rows > len(tokenizer):
-            return [len(tokenizer)]
-        if getattr(tokenizer, "mask_token_id", None) is not None and tokenizer.mask_token_id < rows:
-            return [tokenizer.mask_token_id]
-        reserved = sorted(i for tok, i in tokenizer.get_vocab().items() if "reserved" in tok and i < rows)
-        if reserved:
-            return [reserved[-1]]
-    tokenizer.add_tokens([AddedToken(ADDED_MASK_TOKEN, special=True, normalized=False)], special_tokens=True)
-    model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
-    return [tokenizer.convert_tokens_to_ids(ADDED_MASK_TOKEN)]
-
-
-def last_complete_checkpoint(output: str | Path) -> str | None:
-    """The newest ``checkpoint-N`` whose trainer_state.json (the Trainer writes it after everything else) exists
-    and parses: a checkpoint half-written when a run crashed is skipped, and the previous one is used."""
-    output = Path(output)
-    if not output.is_dir():
-        return None
-    steps = []
-    for path in output.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
-        try:
-            step = int(path.name.rsplit("-", 1)[1])
-            json.loads((path / "trainer_state.json").read_text())
-        except (ValueError, OSError):
-            continue
-        steps.append((step, path))
-    return str(max(steps)[1]) if steps else None
-
-
 def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -> Path:
-    """Train, save the PARD draft into ``config.output``, and return that path."""
+    """Train, save the PARD draft into ``config.output``, and return that path.
+
+    Everything that can be checked is checked before the model is loaded: the settings, and the output directory
+    (new, empty, or this run's own with ``resume``; writable). A resumed run continues exactly: same data order,
+    same COD patterns, and counters (tokens, seconds) that cover the whole run.
+    """
+    config.validate()
     output = Path(config.output)
-    resume_from = last_complete_checkpoint(output) if config.resume else None
-    if not config.resume and any(output.glob(f"{PREFIX_CHECKPOINT_DIR}-*")):
-        raise InvalidArgumentError(
-            f"{output} already holds checkpoints; pass --resume to continue that run, or choose another --output"
-        )
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    if rank0:
+        resume_from = prepare_run_dir(output, config.run_record(), resume=config.resume)
+    else:  # under torchrun the first process checks and claims the directory; the others follow it
+        resume_from = last_complete_checkpoint(output) if config.resume else None
+    if config.resume and resume_from is None and rank0:
+        print(f"pard: no complete checkpoint in {output}; starting fresh", file=sys.stderr)
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     tokenizer = load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
@@ -195,7 +249,7 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
         model.gradient_checkpointing_enable()
     # K = 1 is ordinary next-token training (no mask tokens, and the result stays an autoregressive model).
     parallel = config.cod.num_draft_tokens > 1
-    mask_ids = resolve_mask_token(model, tokenizer, config.mask_token_ids, config.add_mask_token) if parallel else []
+    mask_ids = choose_mask_token(model, tokenizer, config.mask_token_ids, config.add_mask_token) if parallel else []
     chunks = load_training_sequences(config.data, tokenizer, config.data_config, config.cod.num_draft_tokens)
     dataset = CODDataset(chunks, config.cod, mask_ids, config.seed)
 
@@ -234,30 +288,41 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
         attn_implementation=config.attn_implementation,
         with_source=teacher is not None,
     )
+    progress = read_progress(resume_from)
     trainer = PardTrainer(
-        model=model, args=args, train_dataset=dataset, data_collator=collator, callbacks=callbacks,
-        teacher=teacher, kd_weight=config.kd_weight, kd_temperature=config.kd_temperature,
+        model=model, args=args, train_dataset=dataset, data_collator=collator,
+        callbacks=[EpochSync(dataset), *(callbacks or [])], teacher=teacher, kd_weight=config.kd_weight,
+        kd_temperature=config.kd_temperature, progress=progress,
     )
+
     if not config.disable_progress:
         trainer.remove_callback(ProgressCallback)
         trainer.add_callback(ThroughputProgress(trainer))
-    started = time.perf_counter()
+    trainer.started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_from)
-    seconds = time.perf_counter() - started
+    seconds = trainer.train_seconds()
 
     model = trainer.model
     model.config.use_cache = True  # the Trainer turns the KV cache off for training; the saved draft decodes
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.use_cache = True
     if parallel:
-        setattr(model.config, PARD_TOKEN_KEY, mask_ids[0] if len(mask_ids) == 1 else mask_ids)
-        model.config.spd_type = "pard"
+        mark_parallel_draft(model.config, mask_ids)
     trainer.save_model(str(output))
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(output)
+        apply_umask(output)  # transformers writes 0600 files; a vLLM server running as another user must read them
         info = training_info(config, mask_ids, trainer, result, seconds, len(dataset))
-        (output / TRAINING_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        atomic_write_text(output / TRAINING_INFO_FILE, json.dumps(info, indent=2) + "\n")  # last: "finished"
     return output
+
+
+def train_or_resume(config: TrainConfig) -> Path:
+    """Train unless ``config.output`` holds a finished run; continue an interrupted one (the staged builds use
+    this: a stage that finished is skipped, one that was interrupted resumes)."""
+    if not is_finished(config.output):
+        train(replace(config, resume=True))
+    return Path(config.output)
 
 
 def training_info(config: TrainConfig, mask_ids, trainer: PardTrainer, result, seconds: float, chunks: int) -> dict:
@@ -284,5 +349,6 @@ def training_info(config: TrainConfig, mask_ids, trainer: PardTrainer, result, s
         "distill_from": config.distill_from,
         "kd_weight": config.kd_weight if config.distill_from else None,
         "train_loss": result.training_loss if math.isfinite(result.training_loss) else None,
+        "segments": trainer.all_segments(),
         "config": {k: v for k, v in asdict(config).items() if k not in {"cod", "data_config"}},
     }

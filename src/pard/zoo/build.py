@@ -13,7 +13,7 @@ import json
 import math
 import shutil
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -21,8 +21,10 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from ..corpus import stdlib_records
 from ..errors import InvalidArgumentError
-from ..training import CODConfig, DataConfig, TrainConfig, train
-from ..training.trainer import TRAINING_INFO_FILE, last_complete_checkpoint
+from ..training.cod import CODConfig
+from ..training.data import DataConfig
+from ..training.rundir import TRAINING_INFO_FILE, is_finished
+from ..training.trainer import TrainConfig, train_or_resume
 from .recipe import (
     BATCH_SIZE,
     COD_MIN_RETENTION,
@@ -166,7 +168,7 @@ def build_zoo(
         data = ["stdlib:train"]
         if recipe.regenerated is not None:
             data = [str(_regenerate(recipe.regenerated, output, data_dir, tokenizer, scale))]
-        if not (run_dir / TRAINING_INFO_FILE).exists():
+        if not is_finished(run_dir):
             if recipe.base is not None and recipe.layers == FAMILY[recipe.base].layers:
                 start_dir = work_dir / recipe.base  # same architecture: adapt the base member as it is
             else:  # from scratch, or a deeper model that starts as the base member's function
@@ -195,7 +197,7 @@ def build_zoo(
                 bf16=bf16,
                 disable_progress=not progress,
             )
-            train(replace(config, resume=last_complete_checkpoint(run_dir) is not None))
+            train_or_resume(config)
         _export_member(run_dir, output / name)
         if recipe.regenerated is not None:
             shutil.copy(data_dir / REGENERATION_INFO_FILE, output / name / REGENERATION_INFO_FILE)

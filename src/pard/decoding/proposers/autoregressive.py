@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import PAD_ID, DraftModelProposer, Proposal
+from ..lm import PAD_ID
+from .base import DraftModelProposer, Proposal
 
 
 class AutoregressiveDraftProposer(DraftModelProposer):

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
+from ...vocab import align_vocab
 from ..cache import CachedLM
+from ..lm import PAD_ID
 from ..sampling import SamplingConfig, logits_to_probs, sample
-
-PAD_ID = 0  # filler for right-padded ragged inputs; those slots are rolled back before anyone attends to them
 
 
 @dataclass
@@ -80,9 +80,7 @@ class DraftModelProposer(Proposer):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Draft logits (..., V_draft) -> tokens (...) and their sampling distribution (..., V_target) or None.
 
-        Draft and target may pad their vocabularies differently (e.g. Qwen2.5 0.5B: 151936 rows, 7B: 152064). The
-        draft is cut or padded to the target's size: a token the target cannot emit is never proposed, and the
-        proposal distribution stays a proper distribution over the target's vocabulary.
+        The draft's logits are cut or padded to the target's vocabulary (:func:`~pard.vocab.align_vocab`).
         """
         logits = align_vocab(logits.float(), self.target_vocab_size)
         if sampling.greedy:
@@ -92,13 +90,3 @@ class DraftModelProposer(Proposer):
             probs = probs.to(generator.device)
         return sample(probs, generator), probs
 
-
-def align_vocab(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """Truncate or -inf-pad the last dimension of logits to vocab_size."""
-    extra = vocab_size - logits.shape[-1]
-    if extra < 0:
-        return logits[..., :vocab_size]
-    if extra > 0:
-        pad = logits.new_full((*logits.shape[:-1], extra), float("-inf"))
-        return torch.cat([logits, pad], dim=-1)
-    return logits

@@ -17,8 +17,9 @@ import torch
 from transformers import PreTrainedModel
 
 from ...errors import InvalidArgumentError
-from ..cache import ragged_slices
-from .base import PAD_ID, DraftModelProposer, Proposal
+from ...mask_tokens import check_mask_ids
+from ..lm import PAD_ID, ragged_slices
+from .base import DraftModelProposer, Proposal
 
 
 class ParallelDraftProposer(DraftModelProposer):
@@ -30,10 +31,7 @@ class ParallelDraftProposer(DraftModelProposer):
         super().__init__(draft, target_vocab_size, batch_size)
         if not mask_token_ids:
             raise InvalidArgumentError("a parallel draft needs at least one mask token id")
-        vocab = draft.get_input_embeddings().num_embeddings
-        bad = [i for i in mask_token_ids if not 0 <= i < vocab]
-        if bad:
-            raise InvalidArgumentError(f"mask token id(s) {bad} outside the draft's embedding table (size {vocab})")
+        check_mask_ids(mask_token_ids, draft.get_input_embeddings().num_embeddings)
         self.mask_token_ids = list(mask_token_ids)
         self._mask_ids: dict[int, torch.Tensor] = {}
 

@@ -1,0 +1,63 @@
+"""The ``pard`` command line. Thin: parse -> call the API -> print. One module per command group, each with its
+parser next to its handler.
+
+Errors are one line and a non-zero exit code (``--debug`` for the traceback): 2 for bad input (any
+:class:`~pard.errors.PardError`), 130 for Ctrl-C — also during start-up, which is why nothing heavy is imported
+before :func:`main` is running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+COMMAND_GROUPS = ("generate", "train", "bench", "data", "interop", "zoo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from importlib import import_module
+
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(prog="pard", description="PARD speculative decoding: parallel draft models.")
+    parser.add_argument("--version", action="version", version=f"pard {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for group in COMMAND_GROUPS:
+        import_module(f"{__name__}.{group}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv
+    try:
+        args = build_parser().parse_args(argv)
+        if not args.debug:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.set_verbosity_error()
+            hf_logging.disable_progress_bar()
+        return args.func(args)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("pard: interrupted", file=sys.stderr)
+        return 130
+    except SystemExit:
+        raise
+    except Exception as err:
+        from ..errors import PardError
+
+        if debug:
+            raise
+        if isinstance(err, PardError):
+            print(f"pard: error: {err}", file=sys.stderr)
+            return 2
+        # anything unexpected still gets one line
+        print(f"pard: error: {type(err).__name__}: {err} (run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""Measuring: `pard bench` (methods x targets x K x batch x datasets), `pard bench-align`, `pard demo`."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from .options import add_model_options, add_sampling_options
+
+
+def register(sub) -> None:
+    from ..bench.runner import ALL_METHODS, BenchConfig
+
+    defaults = BenchConfig()
+    b = sub.add_parser("bench", help="methods x targets x K x batch sizes x datasets; JSON + markdown + plots")
+    b.add_argument("--targets", nargs="+", default=defaults.targets, help="target models (one draft, many targets)")
+    b.add_argument("--draft", default=defaults.draft, help="the parallel (PARD) draft")
+    b.add_argument("--ar-draft", default=defaults.ar_draft, help="the autoregressive draft for vsd / hf-assisted")
+    b.add_argument("--methods", nargs="+", default=defaults.methods, choices=ALL_METHODS, metavar="METHOD",
+                   help=f"any of {', '.join(ALL_METHODS)} (default: all)")
+    b.add_argument("--datasets", nargs="+", default=defaults.datasets,
+                   help="humaneval, gsm8k, math500, spec-bench, stdlib, NAME=LOCAL.jsonl or FILE.jsonl")
+    b.add_argument("--prompt-field", help="prompt field of local jsonl files (default: auto)")
+    b.add_argument("-k", "--ks", nargs="+", type=int, default=defaults.ks, help="draft lengths K to measure")
+    b.add_argument("--batch-sizes", nargs="+", type=int, default=defaults.batch_sizes)
+    b.add_argument("--num-prompts", type=int, default=defaults.num_prompts, help="prompts per dataset")
+    b.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
+    add_sampling_options(b)
+    b.add_argument("--repeats", type=int, default=defaults.repeats, help="timed passes (the median is reported)")
+    b.add_argument("--warmup", type=int, default=defaults.warmup, help="untimed generations per configuration")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--no-chat-template", action="store_true")
+    b.add_argument("--output", default=defaults.output,
+                   help="directory for the results (its files are replaced atomically when the run finishes)")
+    add_model_options(b, trust_remote_code=False)
+    b.set_defaults(func=run_bench)
+
+    al = sub.add_parser("bench-align", help="compare PARD drafts trained on raw / regenerated / distilled data")
+    al.add_argument("--teacher", default="zoo:large", help="the target that regenerates data and teaches")
+    al.add_argument("--base", default="zoo:draft", help="the AR draft every variant is adapted from")
+    al.add_argument("--targets", nargs="+", default=["zoo:small", "zoo:medium", "zoo:large"])
+    al.add_argument("--corpus", default="stdlib:train")
+    al.add_argument("--windows", type=int, default=1500, help="corpus windows to regenerate")
+    al.add_argument("--steps", type=int, default=500, help="training steps per variant")
+    al.add_argument("--lr", type=float, default=1e-3)
+    al.add_argument("--datasets", nargs="+", default=["humaneval"])
+    al.add_argument("--num-prompts", type=int, default=10)
+    al.add_argument("--max-new-tokens", type=int, default=128)
+    al.add_argument("--repeats", type=int, default=3)
+    al.add_argument("--bf16", action="store_true", help="train with bf16 autocast")
+    al.add_argument("--output", default="bench-results/alignment")
+    al.set_defaults(func=run_bench_align)
+
+    d = sub.add_parser("demo", help="offline demo: AR vs vanilla SD vs PARD on HumanEval with the embedded family")
+    d.add_argument("--num-prompts", type=int, default=3)
+    d.add_argument("--max-new-tokens", type=int, default=96)
+    d.add_argument("-k", type=int, default=4, help="draft tokens per step (4 measured best on the embedded family)")
+    d.add_argument("--output", default="runs/demo")
+    d.add_argument("--dtype", default="auto")
+    d.set_defaults(func=run_demo)
+
+
+def run_bench(args) -> int:
+    from pathlib import Path
+
+    from ..bench.report import bench_markdown, bench_plots
+    from ..bench.runner import BenchConfig, run_bench
+    from ..files import atomic_write_text
+
+    config = BenchConfig(
+        targets=args.targets, draft=args.draft, ar_draft=args.ar_draft, methods=args.methods,
+        datasets=args.datasets, ks=args.ks, batch_sizes=args.batch_sizes, num_prompts=args.num_prompts,
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        repeats=args.repeats, warmup=args.warmup, seed=args.seed, dtype=args.dtype, device=args.device,
+        chat_template=not args.no_chat_template, prompt_field=args.prompt_field, output=args.output,
+    )
+    summary = run_bench(config)
+    out = Path(args.output)
+    markdown = bench_markdown(summary)
+    atomic_write_text(out / "results.md", markdown)
+    plots = bench_plots(summary, out)
+    print(markdown)
+    mismatches = sum(m["mismatches"] or 0 for m in summary["measurements"])
+    if config.temperature == 0:
+        print(f"greedy outputs differing from ar: {mismatches}")
+    print(f"wrote {out}/summary.json, generations.jsonl, results.md, {', '.join(p.name for p in plots)}",
+          file=sys.stderr)
+    return 0 if mismatches == 0 else 3
+
+
+def run_bench_align(args) -> int:
+    from ..bench.alignment import AlignmentConfig, run_alignment
+    from ..bench.runner import BenchConfig
+
+    result = run_alignment(AlignmentConfig(
+        teacher=args.teacher, base=args.base, targets=args.targets, corpus=args.corpus,
+        output=args.output, windows=args.windows, steps=args.steps, learning_rate=args.lr, bf16=args.bf16,
+        bench=BenchConfig(datasets=args.datasets, num_prompts=args.num_prompts, max_new_tokens=args.max_new_tokens,
+                          repeats=args.repeats),
+    ))
+    print(result["table"])
+    return 0
+
+
+def run_demo(args) -> int:
+    from pathlib import Path
+
+    from ..bench.report import bench_markdown
+    from ..bench.runner import BenchConfig, run_bench
+
+    config = BenchConfig(
+        targets=["zoo:large"], draft="zoo:pard", ar_draft="zoo:draft", methods=["ar", "vsd", "pard"],
+        datasets=["humaneval"], ks=[args.k], num_prompts=args.num_prompts, max_new_tokens=args.max_new_tokens,
+        repeats=1, warmup=1, dtype=args.dtype, output=args.output,
+    )
+    summary = run_bench(config)
+    _print_demo_texts(Path(args.output) / "generations.jsonl", args.num_prompts)
+    print(bench_markdown(summary))
+    return 0
+
+
+def _print_demo_texts(generations, count: int) -> None:
+    from ..bench.datasets import load_prompts
+    from ..models import load_tokenizer
+
+    tokenizer = load_tokenizer("zoo:large")
+    records = [json.loads(line) for line in generations.read_text().splitlines()]
+    prompts = {p.id: p.text for p in load_prompts("humaneval", limit=count)}
+    for record in [r for r in records if r["method"] == "ar"][:count]:
+        same = all(r["matches_ar"] for r in records if r["prompt_id"] == record["prompt_id"])
+        print(f"\n── {record['prompt_id']} (identical output from ar, vsd and pard: {'yes' if same else 'NO'}) ──")
+        print(prompts[record["prompt_id"]] + tokenizer.decode(record["output_ids"]))

@@ -1,0 +1,46 @@
+"""`pard regenerate`: the target rewrites a dataset's answers (resumable JSONL) so a draft learns what it says."""
+
+from __future__ import annotations
+
+import sys
+
+from .options import add_model_options, add_sampling_options
+
+
+def register(sub) -> None:
+    p = sub.add_parser("regenerate", help="rewrite a dataset's responses with the target (resumable JSONL)")
+    p.add_argument("--target", required=True)
+    p.add_argument("--data", required=True, nargs="+", help="as for `pard train`")
+    p.add_argument("--output", required=True,
+                   help="JSONL file; resumed if it holds records of an earlier run (any other file is refused)")
+    p.add_argument("--draft", help="speed up with a draft (greedy output is identical)")
+    p.add_argument("-k", "--num-draft-tokens", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    prefix = p.add_mutually_exclusive_group()
+    prefix.add_argument("--prefix-tokens", type=int, default=64, help="plain text: keep this many tokens")
+    prefix.add_argument("--prefix-fraction", type=float, help="plain text: keep this fraction of each record")
+    add_sampling_options(p, top_k=False)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--limit", type=int, help="only the first N records")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--text-field", default="text")
+    p.add_argument("--messages-field", default="messages")
+    add_model_options(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..decoding import SamplingConfig
+    from ..regenerate import RegenerateConfig, regenerate
+    from ..training.data import DataConfig
+
+    config = RegenerateConfig(
+        target=args.target, data=args.data, output=args.output, draft=args.draft,
+        num_draft_tokens=args.num_draft_tokens, max_new_tokens=args.max_new_tokens,
+        prefix_tokens=None if args.prefix_fraction else args.prefix_tokens, prefix_fraction=args.prefix_fraction,
+        sampling=SamplingConfig(args.temperature, None, args.top_p), batch_size=args.batch_size, seed=args.seed,
+        limit=args.limit, data_config=DataConfig(text_field=args.text_field, messages_field=args.messages_field),
+        dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code,
+    )
+    print(f"wrote {regenerate(config)}", file=sys.stderr)
+    return 0

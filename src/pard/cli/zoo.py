@@ -1,0 +1,52 @@
+"""`pard zoo build|list`: the embedded model family."""
+
+from __future__ import annotations
+
+import json
+
+
+def register(sub) -> None:
+    zoo = sub.add_parser("zoo", help="the embedded model family (zoo:small/medium/large targets, zoo:draft, zoo:pard)")
+    zoo_sub = zoo.add_subparsers(dest="zoo_command", required=True, metavar="ZOO_COMMAND")
+    zb = zoo_sub.add_parser("build", help="reproduce the family from scratch on the stdlib corpus (seeded)")
+    zb.add_argument("--output", help="where the family goes (default: inside the installed package)")
+    zb.add_argument("--work-dir", default="runs/zoo", help="checkpoints and intermediate runs (resumable)")
+    zb.add_argument("--scale", type=float, default=1.0, help="multiply every step count (e.g. 0.01 for a smoke run)")
+    zb.add_argument("--only", nargs="+", help="build only these members")
+    zb.set_defaults(func=run_build)
+    zl = zoo_sub.add_parser("list", help="show the family: sizes, held-out loss, how each was trained")
+    zl.set_defaults(func=run_list)
+
+
+def run_build(args) -> int:
+    from pathlib import Path
+
+    from ..zoo import ZOO_DIR
+    from ..zoo.build import build_zoo
+
+    family = build_zoo(Path(args.output) if args.output else ZOO_DIR, Path(args.work_dir), scale=args.scale,
+                       only=args.only)
+    print_family(family)
+    return 0
+
+
+def run_list(args) -> int:
+    from ..errors import PardError
+    from ..zoo import ZOO_DIR
+
+    path = ZOO_DIR / "family.json"
+    if not path.exists():
+        raise PardError("the embedded family is not built; run `pard zoo build`")
+    print_family(json.loads(path.read_text()))
+    return 0
+
+
+def print_family(family: dict) -> None:
+    from ..bench.report import markdown_table
+
+    rows = [[f"zoo:{name}", f"{m['parameters'] / 1e6:.1f}M", m["num_draft_tokens"], m["steps"],
+             f"{m['train_seconds'] / 60:.1f}", m["heldout_loss"]] for name, m in family["members"].items()]
+    print(markdown_table(["model", "parameters", "K_train", "steps", "train minutes", "held-out loss (nats/token)"],
+                         rows))
+    if "stage_seconds" in family:
+        print(f"\nall stages (training + data regeneration): {family['stage_seconds'] / 60:.1f} minutes")

@@ -1,0 +1,57 @@
+"""The language-model interface the engine and the proposers talk to, and the ragged-input helpers they share.
+
+A :class:`LanguageModel` is a causal LM *with its KV cache*, decoded row by row with ragged lengths: every forward
+appends the same number of slots to all rows, ``rollback`` says how many leading tokens of each row are still
+right, finished rows leave with ``keep_rows``. :class:`~pard.decoding.cache.CachedLM` implements it over a
+``DynamicCache``; a static, position-written cache (gpt-fast style, for compiled steps) implements the same
+methods, and ``tests/test_lm_contract.py`` holds every implementation to the same contract.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+
+PAD_ID = 0  # filler for right-padded ragged inputs; those slots are rolled back before anyone attends to them
+
+
+@runtime_checkable
+class LanguageModel(Protocol):
+    """A causal LM + its cache. All tensors live on ``device``."""
+
+    device: torch.device
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """(B,) number of real tokens cached per row (= the position of the row's next token)."""
+
+    def forward(self, input_ids: torch.Tensor, logits_to_keep: int = 0) -> torch.Tensor:
+        """Append input_ids (B, T) after each row's real tokens; return logits (B, T, V) (only the last
+        ``logits_to_keep`` positions when > 0). The T new slots count as real until ``rollback`` says otherwise."""
+
+    def rollback(self, lengths: torch.Tensor) -> None:
+        """Keep only the first ``lengths[i]`` real tokens of row i (lengths (B,), never more than cached)."""
+
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Drop finished rows from the batch; ``rows`` (B',) are the indices to keep."""
+
+    def feed(self, sequences: torch.Tensor, ends: torch.Tensor, pad_id: int = PAD_ID, need_logits: bool = True):
+        """Read ``sequences[i, lengths[i]:ends[i]]`` for every row in one forward; return the logits at each row's
+        last token read (B, V), or None when ``need_logits`` is False."""
+
+
+def ragged_slices(
+    sequences: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor, pad_id: int = PAD_ID
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gather sequences[i, starts[i]:ends[i]] into a right-padded (B, T) tensor; also return counts (B,).
+
+    sequences (B, L) holds each row's tokens from index 0 (right-padded buffer).
+    """
+    counts = (ends - starts).clamp_min(0)  # (B,)
+    width = int(counts.max()) if counts.numel() else 0
+    offsets = torch.arange(width, device=sequences.device)  # (T,)
+    index = (starts[:, None] + offsets).clamp_max(sequences.shape[1] - 1)  # (B, T)
+    ids = sequences.gather(1, index)
+    ids = ids.masked_fill(offsets >= counts[:, None], pad_id)
+    return ids, counts
