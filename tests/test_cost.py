@@ -39,6 +39,7 @@ def test_bench_train_writes_json_markdown_and_plot(tmp_path, capsys):
     results = json.loads((tmp_path / "train_cost.json").read_text())
     cod, full = results["layouts"]["COD"], results["layouts"]["no drop (r=1)"]
     assert full["measured_tokens_per_sequence_token"] > cod["measured_tokens_per_sequence_token"]
-    assert results["epoch_time_ratio"] > 0
+    assert results["epoch_time_ratio"] == pytest.approx(full["seconds_per_epoch"] / cod["seconds_per_epoch"])
+    assert cod["analytic_tokens_per_sequence_token"] == pytest.approx(cod_token_factor(CODConfig(4)))
     assert (tmp_path / "train_cost.png").stat().st_size > 1000
     assert "COD trains an epoch" in (tmp_path / "train_cost.md").read_text()

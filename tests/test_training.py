@@ -193,6 +193,7 @@ def test_cli_train(tmp_path, code_file):
     assert (info["num_draft_tokens"], info["retention"], info["min_retention"], info["steps"]) == (3, 0.5, 0.1, 2)
 
 
+@pytest.mark.slow
 def test_two_process_training_with_torchrun(tmp_path):
     """DDP on two CPU processes (gloo) through the usual launcher; the saved draft loads and generates."""
     import os

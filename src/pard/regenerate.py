@@ -27,7 +27,8 @@ from .errors import DataError, InvalidArgumentError
 from .files import atomic_write_text, check_writable, exclusive_lock
 from .models import load_pair
 from .prompts import eos_token_ids, has_chat_template, render_chat
-from .training.data import DataConfig, load_records
+from .training.config import DataConfig
+from .training.data import load_records
 
 REGENERATED_BY = "regenerated_by"  # the field that marks a record this command wrote
 

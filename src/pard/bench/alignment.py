@@ -13,8 +13,8 @@ from pathlib import Path
 
 from ..files import atomic_write_text
 from ..training.cod import CODConfig
-from ..training.data import DataConfig
-from ..training.trainer import TrainConfig, train_or_resume
+from ..training.config import DataConfig, TrainConfig
+from ..training.trainer import train_or_resume
 from .report import markdown_table, write_json
 from .runner import BenchConfig, run_bench
 

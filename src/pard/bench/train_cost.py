@@ -22,10 +22,10 @@ from transformers import TrainerCallback
 from ..errors import InvalidArgumentError
 from ..files import atomic_write_text
 from ..training.cod import CODConfig
+from ..training.config import DataConfig, TrainConfig
 from ..training.cost import cod_token_factor
-from ..training.data import DataConfig
 from ..training.rundir import TRAINING_INFO_FILE
-from ..training.trainer import TrainConfig, train
+from ..training.trainer import train
 from .report import machine_info, markdown_table, save_figure, write_json
 
 WARMUP_STEPS = 2

@@ -32,7 +32,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from ..decoding import SamplingConfig
     from ..regenerate import RegenerateConfig, regenerate
-    from ..training.data import DataConfig
+    from ..training.config import DataConfig
 
     config = RegenerateConfig(
         target=args.target, data=args.data, output=args.output, draft=args.draft,

@@ -10,7 +10,7 @@ from .options import add_cod_options, add_config_options, cod_config, config_fro
 
 
 def register(sub) -> None:
-    from ..training.trainer import TrainConfig
+    from ..training.config import TrainConfig
 
     p = sub.add_parser(
         "train",
@@ -42,7 +42,8 @@ def register(sub) -> None:
 
 
 def run_train(args) -> int:
-    from ..training.trainer import TrainConfig, train
+    from ..training.config import TrainConfig
+    from ..training.trainer import train
 
     output = train(config_from_args(TrainConfig, args))
     if os.environ.get("RANK", "0") == "0":  # once, not per process under torchrun

@@ -11,8 +11,8 @@ _LAZY = {
     "PackedSample": ".cod",
     "build_cod_sample": ".cod",
     "CODCollator": ".collator",
-    "DataConfig": ".data",
-    "TrainConfig": ".trainer",
+    "DataConfig": ".config",
+    "TrainConfig": ".config",
     "train": ".trainer",
     "train_or_resume": ".trainer",
 }

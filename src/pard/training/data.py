@@ -8,29 +8,16 @@ files are checked line by line first so a malformed line is reported with its fi
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
 
 from ..errors import DataError
 from ..prompts import render_chat
+from .config import DataConfig
 
 _BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text"}
-
-
-@dataclass
-class DataConfig:
-    """How records become training sequences."""
-
-    text_field: str = field(default="text", metadata={"help": "field holding plain text"})
-    messages_field: str = field(default="messages", metadata={"help": "field holding chat messages"})
-    assistant_only: bool = field(default=False, metadata={"help": "train only on assistant tokens of chats"})
-    max_seq_len: int = field(default=512, metadata={"help": "tokens per training sequence (before COD)"})
-    packing: bool = field(default=True, metadata={
-        "help": "one record per sequence (padded batches) instead of packing records into max-seq-len chunks",
-        "flags": ("--no-packing",)})
-    split: str = field(default="train", metadata={"help": "split of hub datasets", "flags": ("--data-split",)})
 
 
 def load_records(spec: str, split: str = "train") -> datasets.Dataset:

@@ -11,7 +11,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,14 +19,14 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ProgressCallback
 
-from ..errors import InvalidArgumentError
 from ..files import apply_umask, atomic_write_text
 from ..mask_tokens import choose_mask_token, mark_parallel_draft
 from ..models import load_model, load_tokenizer, resolve_device
 from ..vocab import check_tokenizers
 from .cod import IGNORE_INDEX, CODConfig, build_cod_sample
 from .collator import CODCollator
-from .data import DataConfig, load_training_sequences
+from .config import TrainConfig
+from .data import load_training_sequences
 from .loss import kd_loss, pard_loss, teacher_distributions
 from .rundir import (
     CHECKPOINT_PREFIX,
@@ -37,87 +37,6 @@ from .rundir import (
     prepare_run_dir,
     read_progress,
 )
-
-
-@dataclass
-class TrainConfig:
-    """Everything `pard train` needs (each field is one CLI option)."""
-
-    model: str = field(metadata={"help": "the autoregressive draft to adapt: hub id, local dir or tiny:NAME"})
-    data: list[str] = field(metadata={"help": "data files (json/jsonl/parquet/txt), stdlib[:split] or hub names"})
-    output: str = field(metadata={"help": "output directory (new or empty; checkpoints go inside it)"})
-    cod: CODConfig = field(default_factory=CODConfig)
-    data_config: DataConfig = field(default_factory=DataConfig)
-    epochs: float = field(default=1.0, metadata={"help": "training epochs"})
-    max_steps: int = field(default=-1, metadata={"help": "stop after this many optimizer steps (overrides epochs)"})
-    learning_rate: float = field(default=5e-5, metadata={"help": "peak learning rate (AdamW, cosine decay)",
-                                                         "flags": ("--lr", "--learning-rate")})
-    warmup_ratio: float = field(default=0.03, metadata={"help": "fraction of steps of linear warm-up"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
-    batch_size: int = field(default=8, metadata={"help": "sequences per device per step"})
-    grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps"})
-    mask_token_ids: list[int] | None = field(
-        default=None, metadata={"help": "reuse these token ids as mask tokens (one shared id, or one per depth)",
-                                "flags": ("--mask-token-id",), "metavar": "ID", "exclusive": "mask"}
-    )
-    add_mask_token: bool = field(default=False, metadata={"help": "add a new special mask token and resize",
-                                                          "exclusive": "mask"})
-    seed: int = field(default=0, metadata={"help": "seed for init, data order and COD drop patterns"})
-    save_steps: int = field(default=500, metadata={"help": "write a checkpoint every N steps"})
-    save_total_limit: int = field(default=2, metadata={"help": "keep this many checkpoints"})
-    logging_steps: int = field(default=10, metadata={"help": "log loss and tokens/s every N steps"})
-    resume: bool = field(default=False, metadata={
-        "help": "continue the run in --output from its last complete checkpoint (starts fresh if it has none)"})
-    bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision (GPUs that support it)"})
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda"})
-    attn_implementation: str = field(default="sdpa", metadata={"help": "attention kernel",
-                                                               "choices": ("sdpa", "eager")})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "trade compute for memory"})
-    deepspeed: str | None = field(default=None, metadata={"help": "a DeepSpeed config file"})
-    trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the hub"})
-    report_to: str = field(default="none", metadata={"help": "where to log: tensorboard, wandb, ... or none"})
-    disable_progress: bool = field(default=False, metadata={"help": "no progress bar (logs only)",
-                                                            "flags": ("--no-progress",)})
-    distill_from: str | None = field(
-        default=None, metadata={"help": "add a KL term towards this target's distributions (token-level alignment)",
-                                "metavar": "TARGET"}
-    )
-    kd_weight: float = field(default=1.0, metadata={"help": "weight of the distillation term"})
-    kd_temperature: float = field(default=1.0, metadata={"help": "softmax temperature of the distillation term"})
-
-    def validate(self) -> None:
-        """Refuse settings that would fail (or silently misbehave) after the model and data are loaded."""
-        checks = [
-            (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
-            (self.grad_accum >= 1, f"--grad-accum must be >= 1, got {self.grad_accum}"),
-            (math.isfinite(self.learning_rate) and self.learning_rate > 0,
-             f"--lr must be a positive number, got {self.learning_rate}"),
-            (math.isfinite(self.epochs) and (self.epochs > 0 or self.max_steps > 0),
-             f"--epochs must be a positive number (or set --max-steps), got {self.epochs}"),
-            (self.max_steps == -1 or self.max_steps >= 1, f"--max-steps must be >= 1, got {self.max_steps}"),
-            (math.isfinite(self.warmup_ratio) and 0 <= self.warmup_ratio < 1,
-             f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}"),
-            (math.isfinite(self.weight_decay) and self.weight_decay >= 0,
-             f"--weight-decay must be >= 0, got {self.weight_decay}"),
-            (self.save_steps >= 1 and self.logging_steps >= 1, "--save-steps and --logging-steps must be >= 1"),
-            (math.isfinite(self.kd_weight) and self.kd_weight >= 0, f"--kd-weight must be >= 0, got {self.kd_weight}"),
-            (math.isfinite(self.kd_temperature) and self.kd_temperature > 0,
-             f"--kd-temperature must be > 0, got {self.kd_temperature}"),
-            (self.data_config.max_seq_len >= self.cod.num_draft_tokens + 1,
-             f"--max-seq-len {self.data_config.max_seq_len} is below K + 1 = {self.cod.num_draft_tokens + 1}: "
-             "every sequence needs a position for each of the K subtasks"),
-            (bool(self.data), "no training data given (--data)"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise InvalidArgumentError(message)
-        resolve_device(self.device)
-
-    def run_record(self) -> dict:
-        """What identifies this run in its directory (``pard_run.json``); resuming needs the same COD layout."""
-        return {"base_model": self.model, "data": list(self.data), "num_draft_tokens": self.cod.num_draft_tokens,
-                "retention": self.cod.retention, "min_retention": self.cod.min_retention,
-                "max_seq_len": self.data_config.max_seq_len}
 
 
 class CODDataset(torch.utils.data.Dataset):

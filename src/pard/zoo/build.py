@@ -19,12 +19,12 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from ..corpus import stdlib_records
 from ..errors import InvalidArgumentError
 from ..training.cod import CODConfig
-from ..training.data import DataConfig
+from ..training.config import DataConfig, TrainConfig
+from ..training.data import load_records
 from ..training.rundir import TRAINING_INFO_FILE, is_finished
-from ..training.trainer import TrainConfig, train_or_resume
+from ..training.trainer import train_or_resume
 from .recipe import (
     BATCH_SIZE,
     COD_MIN_RETENTION,
@@ -41,11 +41,12 @@ from .recipe import (
 )
 
 TOKENIZER_DIR = "tokenizer"
+TRAIN_DATA, HELDOUT_DATA = "stdlib:train", "stdlib:heldout"  # the corpus: pard.corpus's split of the stdlib
 REGENERATION_INFO_FILE = "regeneration.json"
 
 
-def train_tokenizer(out_dir: Path) -> PreTrainedTokenizerFast:
-    """Byte-level BPE (GPT-2 style pre-tokenization) with VOCAB_SIZE entries on the stdlib train split."""
+def train_tokenizer(out_dir: Path, corpus: str = TRAIN_DATA) -> PreTrainedTokenizerFast:
+    """Byte-level BPE (GPT-2 style pre-tokenization) with VOCAB_SIZE entries on the corpus (stdlib train split)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -57,7 +58,7 @@ def train_tokenizer(out_dir: Path) -> PreTrainedTokenizerFast:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=True,
     )
-    tok.train_from_iterator((r["text"] for r in stdlib_records("train")), trainer)
+    tok.train_from_iterator((r["text"] for r in load_records(corpus)), trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, pad_token=EOS)
     fast.model_max_length = 1024
     fast.save_pretrained(out_dir)
@@ -117,10 +118,10 @@ def fast_bf16_available() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
-def heldout_chunks(tokenizer, max_chunks: int = 200) -> list[list[int]]:
-    """The first ``max_chunks`` 256-token chunks of the held-out stdlib files (documents end with EOS)."""
+def heldout_chunks(tokenizer, max_chunks: int = 200, corpus: str = HELDOUT_DATA) -> list[list[int]]:
+    """The first ``max_chunks`` 256-token chunks of the held-out files (documents end with EOS)."""
     ids = []
-    for record in stdlib_records("heldout"):
+    for record in load_records(corpus):
         ids.extend(tokenizer(record["text"])["input_ids"] + [tokenizer.eos_token_id])
     return [ids[i : i + SEQ_LEN] for i in range(0, len(ids) - SEQ_LEN, SEQ_LEN)][:max_chunks]
 
@@ -144,10 +145,13 @@ def build_zoo(
     scale: float = 1.0,
     only: list[str] | None = None,
     progress: bool = True,
+    train_data: str = TRAIN_DATA,
+    heldout_data: str = HELDOUT_DATA,
 ) -> dict:
     """Build the family into ``output`` (bf16 safetensors + tokenizer per member, and family.json).
 
-    ``scale`` multiplies every training-step count (tests build at a tiny scale to exercise the pipeline).
+    ``scale`` multiplies every training-step count, and ``train_data`` / ``heldout_data`` replace the stdlib
+    corpus (tests build at a tiny scale on a few files to exercise the whole pipeline in seconds).
     """
     started = time.perf_counter()
     output.mkdir(parents=True, exist_ok=True)
@@ -156,18 +160,18 @@ def build_zoo(
     if (tok_dir / "tokenizer.json").exists():
         tokenizer = PreTrainedTokenizerFast.from_pretrained(tok_dir)
     else:
-        print("[zoo] training the tokenizer on the stdlib train split", flush=True)
-        tokenizer = train_tokenizer(tok_dir)
+        print(f"[zoo] training the tokenizer on {train_data}", flush=True)
+        tokenizer = train_tokenizer(tok_dir, train_data)
     bf16 = fast_bf16_available()
     names = [n for n in FAMILY if only is None or n in only]
     for index, name in enumerate(names, start=1):
         recipe = FAMILY[name]
         steps = max(1, math.ceil(recipe.steps * scale))
         run_dir, init_dir, data_dir = (work_dir / f"{name}{suffix}" for suffix in ("", "-init", "-data"))
-        _check_recipe(work_dir / f"{name}.recipe.json", (run_dir, init_dir, data_dir), recipe, scale)
-        data = ["stdlib:train"]
+        _check_recipe(work_dir / f"{name}.recipe.json", (run_dir, init_dir, data_dir), recipe, scale, train_data)
+        data = [train_data]
         if recipe.regenerated is not None:
-            data = [str(_regenerate(recipe.regenerated, output, data_dir, tokenizer, scale))]
+            data = [str(_regenerate(recipe.regenerated, output, data_dir, tokenizer, scale, train_data))]
         if not is_finished(run_dir):
             if recipe.base is not None and recipe.layers == FAMILY[recipe.base].layers:
                 start_dir = work_dir / recipe.base  # same architecture: adapt the base member as it is
@@ -201,7 +205,7 @@ def build_zoo(
         _export_member(run_dir, output / name)
         if recipe.regenerated is not None:
             shutil.copy(data_dir / REGENERATION_INFO_FILE, output / name / REGENERATION_INFO_FILE)
-    family = _evaluate(output, tokenizer, names, time.perf_counter() - started, scale)
+    family = _evaluate(output, tokenizer, names, time.perf_counter() - started, scale, heldout_data)
     return family
 
 
@@ -215,9 +219,12 @@ def _initial_model(recipe: ModelRecipe, work_dir: Path, tokenizer) -> LlamaForCa
     return grow_depth(load_model(str(work_dir / recipe.base), dtype="float32", device="cpu"), recipe.layers)
 
 
-def _check_recipe(record: Path, stage_dirs: tuple[Path, ...], recipe: ModelRecipe, scale: float) -> None:
+def _check_recipe(record: Path, stage_dirs: tuple[Path, ...], recipe: ModelRecipe, scale: float,
+                  train_data: str = TRAIN_DATA) -> None:
     """A stage's work dirs are reused only by the recipe that made them (``record`` says which one did)."""
     wanted = {"recipe": asdict(recipe), "scale": scale}
+    if train_data != TRAIN_DATA:
+        wanted["train_data"] = train_data
     if record.exists():
         found = json.loads(record.read_text())
         if found != wanted:
@@ -231,12 +238,13 @@ def _check_recipe(record: Path, stage_dirs: tuple[Path, ...], recipe: ModelRecip
     record.write_text(json.dumps(wanted, indent=2) + "\n")
 
 
-def _regenerate(regen: RegenerationRecipe, output: Path, data_dir: Path, tokenizer, scale: float) -> Path:
+def _regenerate(regen: RegenerationRecipe, output: Path, data_dir: Path, tokenizer, scale: float,
+                train_data: str) -> Path:
     """Let the (already built) teacher rewrite corpus windows; greedy, batched AR, resumable (appends records)."""
     from ..regenerate import RegenerateConfig, corpus_windows, regenerate
 
     windows = max(2, math.ceil(regen.windows * scale))
-    source = corpus_windows("stdlib:train", tokenizer, windows, SEQ_LEN, data_dir / "windows.jsonl")
+    source = corpus_windows(train_data, tokenizer, windows, SEQ_LEN, data_dir / "windows.jsonl")
     target = data_dir / f"regenerated-by-{regen.teacher}.jsonl"
     info_file = data_dir / REGENERATION_INFO_FILE
     if not info_file.exists():
@@ -267,11 +275,12 @@ def _export_member(run_dir: Path, dest: Path) -> None:
     shutil.copy(run_dir / TRAINING_INFO_FILE, dest / TRAINING_INFO_FILE)
 
 
-def _evaluate(output: Path, tokenizer, names: list[str], seconds: float, scale: float) -> dict:
-    from ..models import PARD_TOKEN_KEY, load_model
+def _evaluate(output: Path, tokenizer, names: list[str], seconds: float, scale: float, heldout_data: str) -> dict:
+    from ..mask_tokens import PARD_TOKEN_KEY
+    from ..models import load_model
 
     # A scaled-down build is a smoke test of the pipeline: it is evaluated on proportionally fewer chunks.
-    chunks = heldout_chunks(tokenizer, max_chunks=max(4, math.ceil(200 * min(scale, 1.0))))
+    chunks = heldout_chunks(tokenizer, max_chunks=max(4, math.ceil(200 * min(scale, 1.0))), corpus=heldout_data)
     members = {}
     for name in names:
         info = json.loads((output / name / TRAINING_INFO_FILE).read_text())
