@@ -75,7 +75,7 @@ def check_output_dir(path: str | Path, *, overwrite: bool, what: str) -> None:
         raise InvalidArgumentError(
             f"{path} is not empty; pass --overwrite to replace it, or choose another {what}"
         )
-    check_writable(path if path.is_dir() else _existing_parent(path))
+    check_writable(path if path.is_dir() else existing_parent(path))
 
 
 def check_writable(directory: Path) -> None:
@@ -88,7 +88,8 @@ def check_writable(directory: Path) -> None:
     os.unlink(probe)
 
 
-def _existing_parent(path: Path) -> Path:
+def existing_parent(path: Path) -> Path:
+    """The nearest existing ancestor of ``path`` (where creating it would start); it must be a directory."""
     parent = path.absolute().parent
     while not parent.exists():
         parent = parent.parent

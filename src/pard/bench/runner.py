@@ -112,6 +112,7 @@ def run_bench(config: BenchConfig) -> dict:
     }
     draft_tokenizers = {kind: load_tokenizer(spec) for kind, spec in
                         [("pard", config.draft), ("ar", config.ar_draft)] if drafts[kind] is not None}
+    tokenizers = {spec: load_tokenizer(spec) for spec in config.targets}  # a missing target fails here, not later
     # ar first: it is every speedup's denominator and every greedy output's reference.
     methods = ["ar"] + [m for m in config.methods if m != "ar"]
     plan = _plan(config, methods)
@@ -122,7 +123,7 @@ def run_bench(config: BenchConfig) -> dict:
     truncated = {}
     for target_spec in config.targets:
         target = _load(target_spec, config)
-        tokenizer = load_tokenizer(target_spec)
+        tokenizer = tokenizers[target_spec]
         for kind, draft in drafts.items():  # the same check as everywhere a pair meets: tokenizers decide
             if draft is not None:
                 check_compatible(target, draft, tokenizer, draft_tokenizers[kind])

@@ -9,6 +9,7 @@ before :func:`main` is running.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 COMMAND_GROUPS = ("generate", "train", "bench", "data", "interop", "zoo")
@@ -34,6 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if not args.debug:
+            # Our own progress bars stay; the libraries' per-stage bars and warnings are noise around one-line errors.
+            os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+            if "datasets" in sys.modules:  # already imported (the API used in-process): the variable was read
+                sys.modules["datasets"].disable_progress_bars()
             from transformers.utils import logging as hf_logging
 
             hf_logging.set_verbosity_error()

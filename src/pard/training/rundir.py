@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from ..errors import InvalidArgumentError, OutputError
-from ..files import atomic_write_text, check_writable
+from ..files import atomic_write_text, check_writable, existing_parent
 
 RUN_FILE = "pard_run.json"
 TRAINING_INFO_FILE = "pard_training.json"
@@ -57,7 +57,7 @@ def read_progress(checkpoint: str | Path | None) -> dict:
         return {}
 
 
-def prepare_run_dir(output: str | Path, run: dict, *, resume: bool) -> str | None:
+def check_run_dir(output: str | Path, run: dict, *, resume: bool) -> str | None:
     """Check ``output`` before any training time is spent; return the checkpoint to resume from (or None).
 
     * a missing or empty directory starts a fresh run;
@@ -65,7 +65,7 @@ def prepare_run_dir(output: str | Path, run: dict, *, resume: bool) -> str | Non
       the run's K, r, r_min and sequence length must match (a COD layout changed mid-run would be misrecorded);
     * a directory holding anything else is refused: training would overwrite the user's ``config.json``;
     * an unwritable directory is refused now, not at the first checkpoint.
-    Writes ``pard_run.json`` (atomically) when the run may go ahead.
+    Changes nothing on disk: :func:`claim_run_dir` does, once the data and the model have loaded.
     """
     output = Path(output)
     if output.exists() and not output.is_dir():
@@ -87,14 +87,19 @@ def prepare_run_dir(output: str | Path, run: dict, *, resume: bool) -> str | Non
             raise InvalidArgumentError(f"cannot resume {output} with different settings ({what}); resume with the "
                                        "run's own settings, or start a new run in another --output")
         resume_from = last_complete_checkpoint(output)
-    output.mkdir(parents=True, exist_ok=True)
-    check_writable(output)
-    if previous is None or RUN_FILE not in previous.get("_files", ()):
-        try:
-            atomic_write_text(output / RUN_FILE, json.dumps(run, indent=2) + "\n")
-        except OSError as err:
-            raise OutputError(f"cannot write to {output}: {err.strerror or err}") from None
+    check_writable(output if output.is_dir() else existing_parent(output))
     return resume_from
+
+
+def claim_run_dir(output: str | Path, run: dict) -> None:
+    """Create ``output`` and record the run in it (``pard_run.json``, atomically) unless it is already recorded."""
+    output = Path(output)
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        if not (output / RUN_FILE).exists():
+            atomic_write_text(output / RUN_FILE, json.dumps(run, indent=2) + "\n")
+    except OSError as err:
+        raise OutputError(f"cannot write to {output}: {err.strerror or err}") from None
 
 
 def _previous_run(output: Path) -> dict | None:

@@ -32,9 +32,10 @@ from .rundir import (
     CHECKPOINT_PREFIX,
     PROGRESS_FILE,
     TRAINING_INFO_FILE,
+    check_run_dir,
+    claim_run_dir,
     is_finished,
     last_complete_checkpoint,
-    prepare_run_dir,
     read_progress,
 )
 
@@ -153,7 +154,7 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
     output = Path(config.output)
     rank0 = int(os.environ.get("RANK", "0")) == 0
     if rank0:
-        resume_from = prepare_run_dir(output, config.run_record(), resume=config.resume)
+        resume_from = check_run_dir(output, config.run_record(), resume=config.resume)
     else:  # under torchrun the first process checks and claims the directory; the others follow it
         resume_from = last_complete_checkpoint(output) if config.resume else None
     if config.resume and resume_from is None and rank0:
@@ -217,6 +218,8 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
     if not config.disable_progress:
         trainer.remove_callback(ProgressCallback)
         trainer.add_callback(ThroughputProgress(trainer))
+    if rank0:
+        claim_run_dir(output, config.run_record())
     trainer.started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_from)
     seconds = trainer.train_seconds()
