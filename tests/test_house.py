@@ -24,9 +24,10 @@ def test_export_and_serve_start_without_the_trainer(argv, tmp_path):
     assert "pard.training.trainer" not in loaded
 
 
-def test_import_pard_and_the_cli_do_not_load_torch():
-    # Ctrl-C during start-up must reach main()'s handler, so nothing heavy loads before it runs.
-    assert "torch" not in modules_after("import pard, pard.cli")
+def test_import_pard_and_building_the_cli_do_not_load_torch():
+    # Ctrl-C during start-up must reach main()'s handler, and `pard --help` must be quick: nothing heavy loads
+    # before a command runs.
+    assert "torch" not in modules_after("import pard.cli\npard.cli.build_parser()")
 
 
 @pytest.mark.parametrize("module, forbidden", [

@@ -9,7 +9,7 @@ from .options import add_model_options, add_sampling_options
 
 
 def register(sub) -> None:
-    from ..bench.runner import ALL_METHODS, BenchConfig
+    from ..bench.config import ALL_METHODS, BenchConfig
 
     defaults = BenchConfig()
     b = sub.add_parser("bench", help="methods x targets x K x batch sizes x datasets; JSON + markdown + plots")
@@ -63,8 +63,9 @@ def register(sub) -> None:
 def run_bench(args) -> int:
     from pathlib import Path
 
+    from ..bench.config import BenchConfig
     from ..bench.report import bench_markdown, bench_plots
-    from ..bench.runner import BenchConfig, run_bench
+    from ..bench.runner import run_bench
     from ..files import atomic_write_text
 
     config = BenchConfig(
@@ -90,7 +91,7 @@ def run_bench(args) -> int:
 
 def run_bench_align(args) -> int:
     from ..bench.alignment import AlignmentConfig, run_alignment
-    from ..bench.runner import BenchConfig
+    from ..bench.config import BenchConfig
 
     result = run_alignment(AlignmentConfig(
         teacher=args.teacher, base=args.base, targets=args.targets, corpus=args.corpus,
@@ -105,8 +106,9 @@ def run_bench_align(args) -> int:
 def run_demo(args) -> int:
     from pathlib import Path
 
+    from ..bench.config import BenchConfig
     from ..bench.report import bench_markdown
-    from ..bench.runner import BenchConfig, run_bench
+    from ..bench.runner import run_bench
 
     config = BenchConfig(
         targets=["zoo:large"], draft="zoo:pard", ar_draft="zoo:draft", methods=["ar", "vsd", "pard"],

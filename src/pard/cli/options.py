@@ -31,13 +31,13 @@ def add_sampling_options(parser: argparse.ArgumentParser, *, top_k: bool = True)
 
 def add_cod_options(parser: argparse.ArgumentParser) -> None:
     """-k / --r / --r-min, generated from :class:`~pard.training.cod.CODConfig`."""
-    from ..training.cod import CODConfig
+    from ..training.config import CODConfig
 
     add_config_options(parser, CODConfig)
 
 
 def cod_config(args):
-    from ..training.cod import CODConfig
+    from ..training.config import CODConfig
 
     return config_from_args(CODConfig, args)
 

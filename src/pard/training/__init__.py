@@ -7,7 +7,7 @@ not pull in the Trainer or ``datasets``.
 from importlib import import_module
 
 _LAZY = {
-    "CODConfig": ".cod",
+    "CODConfig": ".config",
     "PackedSample": ".cod",
     "build_cod_sample": ".cod",
     "CODCollator": ".collator",

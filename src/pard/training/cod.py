@@ -27,50 +27,15 @@ d-th mask of a chain). Token a may attend to token b iff
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ..errors import InvalidArgumentError
+from .config import CODConfig
 
 IGNORE_INDEX = -100
-
-
-@dataclass(frozen=True)
-class CODConfig:
-    """The layout of PARD training samples."""
-
-    num_draft_tokens: int = field(default=8, metadata={
-        "help": "K_train: tokens predicted per pass (subtasks per sample; 1 = plain AR training)",
-        "flags": ("-k", "--num-draft-tokens")})
-    retention: float = field(default=0.7, metadata={
-        "help": "COD retention decay r: subtask k keeps r^(k-1) of its positions (Eq. 9; 1 = no dropping)",
-        "flags": ("--r",)})
-    min_retention: float = field(default=0.2, metadata={
-        "help": "COD minimum retention r_min: no subtask keeps less (Eq. 11)", "flags": ("--r-min",)})
-
-    def __post_init__(self):
-        if self.num_draft_tokens < 1:
-            raise InvalidArgumentError(f"K must be >= 1, got {self.num_draft_tokens}")
-        if not 0.0 < self.retention <= 1.0:  # also false for NaN
-            raise InvalidArgumentError(f"r must be in (0, 1], got {self.retention}")
-        if not 0.0 <= self.min_retention <= 1.0:
-            raise InvalidArgumentError(f"r_min must be in [0, 1], got {self.min_retention}")
-        if self.min_retention > self.retention:
-            raise InvalidArgumentError(
-                f"r_min ({self.min_retention}) must not exceed r ({self.retention}): r_min is the floor of the "
-                "decaying retention r^(k-1)"
-            )
-
-    def retention_of(self, k: int) -> float:
-        """gamma_k = max(r^(k-1), r_min): the kept fraction of subtask k (1-based). Eq. 11."""
-        return max(self.retention ** (k - 1), self.min_retention)
-
-    def expected_tokens(self, num_tokens: int) -> float:
-        """Expected sample length for a sequence of ``num_tokens`` tokens (no label masking): sum_k N_k gamma_k,
-        with N_k = N - k positions for subtask k. Tends to Eq. 10/11's N * sum_k gamma_k for N >> K."""
-        return sum(max(num_tokens - k, 0) * self.retention_of(k) for k in range(1, self.num_draft_tokens + 1))
 
 
 @dataclass
