@@ -105,7 +105,7 @@ def claim_run_dir(output: str | Path, run: dict) -> None:
 def _previous_run(output: Path) -> dict | None:
     """What a previous run in ``output`` recorded, or None when ``output`` holds no run."""
     if (output / RUN_FILE).exists():
-        return {**json.loads((output / RUN_FILE).read_text()), "_files": [RUN_FILE]}
+        return json.loads((output / RUN_FILE).read_text())
     if (output / TRAINING_INFO_FILE).exists():  # a run made before pard_run.json existed
         return json.loads((output / TRAINING_INFO_FILE).read_text())
     if checkpoints(output):
