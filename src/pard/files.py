@@ -127,8 +127,9 @@ def publish_dir(path: str | Path, *, overwrite: bool) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def exclusive_lock(path: str | Path, what: str) -> Iterator[None]:
-    """Hold an exclusive, non-blocking lock on ``path``.lock; a second process gets :class:`OutputError` at once.
+def exclusive_lock(path: str | Path, what: str, *, wait: bool = False) -> Iterator[None]:
+    """Hold an exclusive lock on ``path``.lock; a second process gets :class:`OutputError` at once (or, with
+    ``wait``, blocks until the first is done: for shared caches, where the second process wants the result).
 
     The lock file is left behind (deleting it would race with a waiting process); it is empty and harmless.
     """
@@ -138,7 +139,7 @@ def exclusive_lock(path: str | Path, what: str) -> Iterator[None]:
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "a") as handle:
         try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             raise OutputError(f"another process is writing {what} {path} (lock {lock_path}); wait for it") from None
         try:

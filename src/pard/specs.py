@@ -19,8 +19,15 @@ def register_scheme(scheme: str, resolver: Callable[[str], Path]) -> None:
 
 
 def resolve_spec(spec: str) -> str:
-    """``scheme:NAME`` (e.g. ``zoo:large``) -> a local directory; anything else unchanged."""
+    """``scheme:NAME`` (e.g. ``zoo:large``) -> a local path; a GGUF file (named directly or by a scheme) -> its
+    de-quantized model directory in the cache (see :mod:`pard.gguf`); anything else unchanged."""
     scheme, sep, name = spec.partition(":")
     if sep and scheme in _SCHEMES:
-        return str(_SCHEMES[scheme](name))
+        spec = str(_SCHEMES[scheme](name))
+    if ".gguf" in spec.lower() or Path(spec).expanduser().is_dir():
+        from .gguf import dequantized_dir, gguf_file_of
+
+        gguf_file = gguf_file_of(spec)
+        if gguf_file is not None:
+            return str(dequantized_dir(gguf_file))
     return spec
