@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import sysconfig
+import textwrap
 from pathlib import Path
 
 HELDOUT_PERCENT = 5
@@ -52,3 +53,48 @@ def stdlib_records(split: str = "train") -> list[dict]:
         if text.strip():
             records.append({"id": path.relative_to(root).as_posix(), "text": text})
     return records
+
+
+CHAT_TASKS = (
+    "Write a Python function `{name}({args})` that {summary}",
+    "Explain what the following Python function does:\n\n```python\n{source}\n```",
+    "Write pytest unit tests for this function:\n\n```python\n{source}\n```",
+    "Rewrite this function to be easier to read, then explain what you changed:\n\n```python\n{source}\n```",
+)
+MAX_FUNCTION_LINES = 40
+
+
+def stdlib_chat_prompts(split: str = "train", count: int = 2000) -> list[dict]:
+    """Coding requests about the stdlib's own functions, as chat records a target can answer (``pard regenerate``).
+
+    Every documented function of ``split`` (at most MAX_FUNCTION_LINES long) becomes one request of one of
+    CHAT_TASKS (chosen by a hash of its location, so the set is fixed), in ``{"id", "messages"}`` records whose
+    assistant turn is empty: a prompt set every Python installation can rebuild offline, disjoint from the
+    benchmarks (HumanEval, GSM8K, Spec-Bench). Evenly thinned to ``count``.
+    """
+    import ast
+
+    prompts = []
+    for record in stdlib_records(split):
+        try:
+            tree = ast.parse(record["text"])
+        except (SyntaxError, ValueError):
+            continue
+        lines = record["text"].splitlines()
+        for node in ast.walk(tree):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) or node.name.startswith("_"):
+                continue
+            doc = ast.get_docstring(node)
+            length = (node.end_lineno or node.lineno) - node.lineno + 1
+            if not doc or length > MAX_FUNCTION_LINES or not doc.split("\n")[0].strip():
+                continue
+            where = f"{record['id']}:{node.lineno}"
+            task = CHAT_TASKS[hashlib.sha1(where.encode()).digest()[0] % len(CHAT_TASKS)]
+            summary = doc.split("\n")[0].strip().rstrip(".")
+            source = textwrap.dedent("\n".join(lines[node.lineno - 1 - len(node.decorator_list) : node.end_lineno]))
+            text = task.format(name=node.name, args=ast.unparse(node.args), source=source,
+                               summary=summary[:1].lower() + summary[1:] + ".")
+            prompts.append({"id": where, "messages": [{"role": "user", "content": text},
+                                                      {"role": "assistant", "content": ""}]})
+    step = max(len(prompts) / count, 1.0)
+    return [prompts[int(i * step)] for i in range(min(count, len(prompts)))]

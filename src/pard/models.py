@@ -8,6 +8,7 @@ Model specs accepted everywhere a model is named:
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,12 +127,53 @@ def load_model(
     else:
         check_local_model(spec)
         try:
-            model = AutoModelForCausalLM.from_pretrained(
-                spec, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=None
-            )
+            if _is_assembled(spec):
+                model = _load_assembled(spec, dtype, trust_remote_code)
+            else:
+                model = AutoModelForCausalLM.from_pretrained(
+                    spec, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=None
+                )
         except (OSError, ValueError) as err:
             raise ModelLoadError(f"could not load model {spec!r}: {_first_line(err)}") from err
     return model.to(device).eval()
+
+
+def _is_assembled(spec: str) -> bool:
+    """A local draft that transformers alone cannot load: a reduced-vocabulary head, or tensors from its base."""
+    from .base_weights import BASE_KEY
+    from .draft_vocab import DRAFT_VOCAB_KEY
+
+    path = Path(spec) / "config.json"
+    if not path.is_file():
+        return False
+    config = json.loads(path.read_text())
+    return DRAFT_VOCAB_KEY in config or BASE_KEY in config
+
+
+def _load_assembled(spec: str, dtype, trust_remote_code: bool) -> PreTrainedModel:
+    """Build the model from its config, give it its reduced head, and load its own tensors plus those it takes
+    from its base (see :mod:`pard.base_weights`, :mod:`pard.draft_vocab`)."""
+    from safetensors.torch import load_file
+
+    from .base_weights import BASE_KEY, SHARED_KEY, WEIGHTS, base_tensors
+    from .draft_vocab import DRAFT_VOCAB_KEY, attach_subset_head, empty_subset_head
+
+    config = load_config(spec, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, trust_remote_code=trust_remote_code)
+    if getattr(config, DRAFT_VOCAB_KEY, None):
+        attach_subset_head(model, list(range(getattr(config, DRAFT_VOCAB_KEY))))
+        model.set_output_embeddings(empty_subset_head(config))
+    state = load_file(str(Path(spec) / WEIGHTS))
+    if getattr(config, BASE_KEY, None):
+        state.update(base_tensors(getattr(config, BASE_KEY), list(getattr(config, SHARED_KEY, []))))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [m for m in missing if not (config.tie_word_embeddings and m == "lm_head.weight")]
+    if missing or unexpected:
+        raise ModelLoadError(f"{spec}: weights do not match the config (missing {missing[:3]}, "
+                             f"unexpected {unexpected[:3]})")
+    if config.tie_word_embeddings:
+        model.tie_weights()
+    return model.to(torch.float32 if dtype == "auto" else dtype)
 
 
 def load_tokenizer(spec: str, *, trust_remote_code: bool = False):

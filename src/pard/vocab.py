@@ -12,8 +12,10 @@ from .errors import VocabularyMismatchError
 
 
 def vocab_size(model) -> int:
-    """Rows of the output projection: the size of the distributions the model emits."""
-    return model.get_output_embeddings().weight.shape[0]
+    """The size of the distributions the model emits: rows of the output projection, or the full vocabulary of a
+    reduced head (see :mod:`pard.draft_vocab`)."""
+    head = model.get_output_embeddings()
+    return getattr(head, "vocab_size", None) or head.weight.shape[0]
 
 
 def align_vocab(logits: torch.Tensor, size: int) -> torch.Tensor:

@@ -67,7 +67,8 @@ class DataConfig:
 class TrainConfig:
     """Everything `pard train` needs (each field is one CLI option)."""
 
-    model: str = field(metadata={"help": "the autoregressive draft to adapt: hub id, local dir or tiny:NAME"})
+    model: str = field(metadata={"help": "the autoregressive draft to adapt (or, with --slice-layers, the model to "
+                                         "slice): hub id, local dir, .gguf file, zoo:NAME or tiny:NAME"})
     data: list[str] = field(metadata={"help": "data files (json/jsonl/parquet/txt), stdlib[:split] or hub names"})
     output: str = field(metadata={"help": "output directory (new or empty; checkpoints go inside it)"})
     cod: CODConfig = field(default_factory=CODConfig)
@@ -86,6 +87,17 @@ class TrainConfig:
     )
     add_mask_token: bool = field(default=False, metadata={"help": "add a new special mask token and resize",
                                                           "exclusive": "mask"})
+    slice_layers: str | None = field(default=None, metadata={
+        "help": "start the draft as a slice of --model: keep these decoder layers (e.g. 0-3 or 0,1,2,29) with its "
+                "embeddings and final norm; tensors still equal to --model's are not stored twice (the draft "
+                "names --model as its base)", "metavar": "LAYERS"})
+    draft_vocab: int = field(default=0, metadata={
+        "help": "reduced draft vocabulary: an LM head over the N most frequent trained tokens of the data (fewer "
+                "if the data has fewer distinct ones); the draft never proposes the others and decoding stays "
+                "exact. 0 = the full vocabulary",
+        "metavar": "N"})
+    freeze_embeddings: bool = field(default=False, metadata={
+        "help": "keep the input embeddings fixed (with --slice-layers they are then taken from the base)"})
     seed: int = field(default=0, metadata={"help": "seed for init, data order and COD drop patterns"})
     save_steps: int = field(default=500, metadata={"help": "write a checkpoint every N steps"})
     save_total_limit: int = field(default=2, metadata={"help": "keep this many checkpoints"})
@@ -131,10 +143,15 @@ class TrainConfig:
              f"--max-seq-len {self.data_config.max_seq_len} is below K + 1 = {self.cod.num_draft_tokens + 1}: "
              "every sequence needs a position for each of the K subtasks"),
             (bool(self.data), "no training data given (--data)"),
+            (self.draft_vocab >= 0, f"--draft-vocab must be >= 0, got {self.draft_vocab}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise InvalidArgumentError(message)
+        if self.slice_layers is not None:
+            from ..slicing import parse_layers
+
+            parse_layers(self.slice_layers)
         from ..models import resolve_device
 
         resolve_device(self.device)
@@ -143,4 +160,5 @@ class TrainConfig:
         """What identifies this run in its directory (``pard_run.json``); resuming needs the same COD layout."""
         return {"base_model": self.model, "data": list(self.data), "num_draft_tokens": self.cod.num_draft_tokens,
                 "retention": self.cod.retention, "min_retention": self.cod.min_retention,
-                "max_seq_len": self.data_config.max_seq_len}
+                "max_seq_len": self.data_config.max_seq_len, "slice_layers": self.slice_layers,
+                "draft_vocab": self.draft_vocab, "freeze_embeddings": self.freeze_embeddings}

@@ -19,9 +19,12 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ProgressCallback
 
+from ..base_weights import drop_base_tensors
+from ..draft_vocab import attach_subset_head, most_frequent_tokens, subset_head_of
 from ..files import apply_umask, atomic_write_text
 from ..mask_tokens import choose_mask_token, mark_parallel_draft
 from ..models import load_model, load_tokenizer, resolve_device
+from ..slicing import parse_layers, slice_layers
 from ..vocab import check_tokenizers
 from .cod import IGNORE_INDEX, CODConfig, build_cod_sample
 from .collator import CODCollator
@@ -98,12 +101,18 @@ class PardTrainer(Trainer):
         labels = inputs.pop("labels")
         teacher_ids = inputs.pop("teacher_input_ids", None)
         self.tokens_seen += int(labels.numel())
-        outputs = model(**inputs, use_cache=False)
+        outputs = model(**inputs, use_cache=False)  # logits (B, L, V), or (B, L, N) with a reduced head
+        head = subset_head_of(self.model)
+        if head is not None:  # the loss is a softmax over the draft's N tokens: labels mapped into the subset
+            labels = head.to_subset(labels, IGNORE_INDEX)
         loss = pard_loss(outputs.logits, labels)
         if self.teacher is not None:
             with torch.no_grad():
                 teacher_logits = self.teacher(input_ids=teacher_ids, use_cache=False).logits  # (B, N, V_t)
-            target = teacher_distributions(teacher_logits, inputs["position_ids"], outputs.logits.shape[-1])
+            vocab = head.vocab_size if head is not None else outputs.logits.shape[-1]
+            target = teacher_distributions(teacher_logits, inputs["position_ids"], vocab)  # (B, L, V)
+            if head is not None:  # the teacher restricted (and renormalised) to the subset
+                target = target[..., head.token_ids]
             loss = loss + self.kd_weight * kd_loss(outputs.logits, target, labels != IGNORE_INDEX,
                                                    self.kd_temperature)
         return (loss, outputs) if return_outputs else loss
@@ -163,14 +172,23 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
     torch.manual_seed(config.seed)
     tokenizer = load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
     model = load_model(config.model, dtype=torch.float32, device="cpu", trust_remote_code=config.trust_remote_code)
+    if config.slice_layers is not None:
+        slice_layers(model, parse_layers(config.slice_layers))
+    if config.freeze_embeddings:
+        model.get_input_embeddings().requires_grad_(False)
     model.config._attn_implementation = config.attn_implementation
-    model.train()
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     # K = 1 is ordinary next-token training (no mask tokens, and the result stays an autoregressive model).
     parallel = config.cod.num_draft_tokens > 1
     mask_ids = choose_mask_token(model, tokenizer, config.mask_token_ids, config.add_mask_token) if parallel else []
     chunks = load_training_sequences(config.data, tokenizer, config.data_config, config.cod.num_draft_tokens)
+    if config.draft_vocab:  # the N tokens the training text uses most (EOS always: the draft may propose the end)
+        trained = ([t for t, m in zip(c["input_ids"], c["trainable"]) if m] for c in chunks)
+        keep = most_frequent_tokens(trained, config.draft_vocab,
+                                    always=[i for i in (tokenizer.eos_token_id,) if i is not None])
+        attach_subset_head(model, keep)
+    model.train()
     dataset = CODDataset(chunks, config.cod, mask_ids, config.seed)
 
     args = TrainingArguments(
@@ -232,6 +250,8 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
         mark_parallel_draft(model.config, mask_ids)
     trainer.save_model(str(output))
     if trainer.is_world_process_zero():
+        if config.slice_layers is not None:  # frozen tensors come from the sliced model at load time
+            drop_base_tensors(output, config.model)
         tokenizer.save_pretrained(output)
         apply_umask(output)  # transformers writes 0600 files; a vLLM server running as another user must read them
         info = training_info(config, mask_ids, trainer, result, seconds, len(dataset))
@@ -269,6 +289,8 @@ def training_info(config: TrainConfig, mask_ids, trainer: PardTrainer, result, s
         "train_seconds": round(seconds, 2),
         "final_loss": history[-1] if history else None,
         "distill_from": config.distill_from,
+        "slice_layers": config.slice_layers,
+        "draft_vocab": config.draft_vocab,
         "kd_weight": config.kd_weight if config.distill_from else None,
         "train_loss": result.training_loss if math.isfinite(result.training_loss) else None,
         "segments": trainer.all_segments(),

@@ -1,0 +1,115 @@
+"""Making drafts for a family without a small model: slices of a bigger model, reduced draft vocabularies, tensors
+borrowed from the base — each lossless in decoding, and reachable from `pard train`."""
+
+import copy
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from helpers import PROMPTS, as_pard_draft, hf_greedy, noisy_copy
+from pard import SamplingConfig, SpeculativeDecoder, load_model
+from pard.cli import main
+from pard.draft_vocab import SubsetHead, attach_subset_head, most_frequent_tokens, subset_head_of
+from pard.errors import InvalidArgumentError
+from pard.slicing import parse_layers, slice_layers
+from pard.tiny import tiny_model
+
+MAX_NEW = 20
+
+
+def reduced(model, keep):
+    draft = copy.deepcopy(model)
+    attach_subset_head(draft, keep)
+    return draft.eval()
+
+
+def test_subset_head_literal():
+    head = SubsetHead(torch.tensor([[1.0, 0.0], [0.0, 2.0]]), torch.tensor([3, 1]), vocab_size=5)
+    h = torch.tensor([[2.0, 1.0]])  # (1, H)
+    assert head.train()(h).tolist() == [[2.0, 2.0]]  # training: the subset's own logits (1, N)
+    inf = float("-inf")
+    assert head.eval()(h).tolist() == [[inf, 2.0, inf, 2.0, inf]]  # eval: the vocabulary (1, V)
+    assert head.to_subset(torch.tensor([1, 3, 4, -100]), -100).tolist() == [1, 0, -100, -100]
+
+
+def test_most_frequent_tokens_keeps_the_always_ids():
+    assert most_frequent_tokens([[5, 5, 6, 7, 7, 7], [6, 8]], 3, always=[0]) == [0, 5, 7]  # 5 and 6 tie: the smaller id
+
+
+def test_slice_keeps_chosen_layers_and_decodes_with_a_cache():
+    model = tiny_model("llama-large", seed=3)
+    full = copy.deepcopy(model)
+    assert torch.equal(slice_layers(copy.deepcopy(model), [0, 1, 2])(torch.tensor([PROMPTS[0]])).logits,
+                       full(torch.tensor([PROMPTS[0]])).logits)
+    sliced = slice_layers(model, [2, 0])
+    assert sliced.config.num_hidden_layers == 2 and [la.self_attn.layer_idx for la in sliced.model.layers] == [0, 1]
+    ids = torch.tensor([PROMPTS[2]])
+    cached = hf_greedy(sliced, PROMPTS[2], 8)  # uses the KV cache: layer numbers must index it correctly
+    uncached = []
+    for _ in range(8):
+        nxt = sliced(ids).logits[0, -1].argmax().item()
+        uncached.append(nxt)
+        ids = torch.cat([ids, torch.tensor([[nxt]])], dim=1)
+    assert cached == uncached
+    with pytest.raises(InvalidArgumentError):
+        slice_layers(tiny_model("llama"), [0, 5])
+    assert parse_layers("0-2,7") == [0, 1, 2, 7]
+
+
+@pytest.mark.parametrize("method", ["vsd", "pard"])
+@pytest.mark.parametrize("k", [1, 4])
+def test_reduced_vocabulary_draft_is_lossless_greedy(target, method, k):
+    keep = list(range(0, 256, 2)) + [257]  # half the bytes
+    base = noisy_copy(target, 0.02, seed=5)
+    draft = reduced(as_pard_draft(base, 258) if method == "pard" else base, keep)
+    out = SpeculativeDecoder(target, draft, method=method, num_draft_tokens=k).generate(PROMPTS, max_new_tokens=MAX_NEW)
+    assert out.sequences == [hf_greedy(target, p, MAX_NEW) for p in PROMPTS]
+    proposals = draft(torch.tensor([PROMPTS[0]])).logits.argmax(-1)
+    assert set(proposals.flatten().tolist()) <= set(keep)  # it never proposes outside its subset
+
+
+@pytest.mark.parametrize("method", ["vsd", "pard"])
+def test_reduced_vocabulary_draft_follows_the_target_distribution(method):
+    from test_engine_sampling import PROMPT, VOCAB, N, empirical_joint, exact_joint, tv, tv_bound
+
+    kw = dict(vocab_size=VOCAB, sharpen=8.0, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    target = tiny_model("llama", seed=21, **kw)
+    draft = reduced(tiny_model("pard" if method == "pard" else "draft", seed=23, **kw), [0, 2, 3, 5, 6])
+    sampling = SamplingConfig(1.0)
+    exact = exact_joint(target, sampling)
+    out = SpeculativeDecoder(target, draft, method=method, num_draft_tokens=3).generate(
+        [PROMPT] * N, max_new_tokens=3, sampling=sampling, seed=99)
+    assert tv(empirical_joint(out.sequences), exact) < tv_bound(exact, N)
+    assert 0.05 < out.stats.acceptance_per_position[0] < 0.95
+
+
+def test_train_a_sliced_reduced_draft_that_borrows_its_embeddings(tmp_path):
+    from test_training import CODE
+
+    code_file = tmp_path / "code.jsonl"
+    code_file.write_text("".join(json.dumps({"text": t}) + "\n" for t in CODE))
+    base = tmp_path / "base"
+    tiny_model("llama-large", seed=4).save_pretrained(base)
+    from pard.tiny import byte_tokenizer
+
+    byte_tokenizer().save_pretrained(base)
+    out = tmp_path / "draft"
+    code = main(["train", "--model", str(base), "--slice-layers", "0,2", "--draft-vocab", "16", "--freeze-embeddings",
+                 "--distill-from", str(base), "--data", str(code_file), "--output", str(out), "-k", "3",
+                 "--max-steps", "2", "--batch-size", "2", "--max-seq-len", "32", "--lr", "1e-3", "--no-progress"])
+    assert code == 0
+    config = json.loads((out / "config.json").read_text())
+    assert (config["num_hidden_layers"], config["draft_vocab_size"]) == (2, 16)
+    assert config["pard_base_model"] == str(base) and config["pard_base_tensors"] == ["model.embed_tokens.weight"]
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert "model.embed_tokens.weight" not in f.keys() and f.get_slice("lm_head.weight").get_shape() == [16, 96]
+    draft = load_model(str(out), device="cpu")
+    head = subset_head_of(draft)
+    assert head is not None and len(head.token_ids) == 16 and not draft.training
+    assert torch.equal(draft.get_input_embeddings().weight, load_model(str(base)).get_input_embeddings().weight)
+    target = load_model(str(base), device="cpu")
+    out_ids = SpeculativeDecoder(target, draft, method="pard", num_draft_tokens=4).generate(
+        PROMPTS, max_new_tokens=MAX_NEW).sequences
+    assert out_ids == [hf_greedy(target, p, MAX_NEW) for p in PROMPTS]
