@@ -6,7 +6,8 @@ Dataset specs:
   * ``NAME=PATH``  — one of those benchmarks read from a local copy (e.g. ``gsm8k=data/gsm8k_test.jsonl``);
   * ``stdlib``     — the first lines of each held-out Python stdlib file (never trained on by the zoo);
   * ``PATH.jsonl`` — any JSON-lines file; the prompt field is ``--prompt-field`` or the first of
-    prompt / question / problem / turns / text that the records have.
+    prompt / question / problem / turns / text that the records have;
+  * any of these with ``[START:STOP]``: that range of it (held-out parts of a set trained on elsewhere).
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ AUTO_FIELDS = ("prompt", "question", "problem", "turns", "text")
 
 
 def load_prompts(spec: str, *, limit: int | None = None, prompt_field: str | None = None) -> list[Prompt]:
-    """The first ``limit`` prompts of a dataset spec (see the module docstring)."""
+    """The first ``limit`` prompts of a dataset spec (see the module docstring). A ``[START:STOP]`` suffix keeps
+    that range of the dataset (``gsm8k=test.jsonl[1000:]``: what a draft trained on ``[:1000]`` never saw)."""
+    spec, window = _split_range(spec)
     name, _, path = spec.partition("=")
     if name == "humaneval" and not path:
         prompts = _humaneval()
@@ -60,9 +63,25 @@ def load_prompts(spec: str, *, limit: int | None = None, prompt_field: str | Non
             f"unknown dataset {spec!r}: use humaneval, gsm8k, math500, spec-bench, stdlib, NAME=LOCAL_FILE or a "
             ".jsonl file"
         )
+    prompts = prompts[window]
     if not prompts:
         raise DataError(f"dataset {spec!r} has no prompts")
     return prompts[:limit] if limit else prompts
+
+
+def _split_range(spec: str) -> tuple[str, slice]:
+    """``"x.jsonl[10:20]"`` -> ("x.jsonl", slice(10, 20)); no suffix -> the whole dataset."""
+    if not (spec.endswith("]") and "[" in spec):
+        return spec, slice(None)
+    base, _, inner = spec[:-1].rpartition("[")
+    start, sep, stop = inner.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        return base, slice(int(start) if start.strip() else None, int(stop) if stop.strip() else None)
+    except ValueError:
+        raise DataError(f"bad range in dataset {spec!r}: write NAME[START:STOP], e.g. gsm8k=test.jsonl[1000:]"
+                        ) from None
 
 
 def _humaneval() -> list[Prompt]:

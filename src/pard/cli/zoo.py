@@ -12,7 +12,12 @@ def register(sub) -> None:
     zb.add_argument("--output", help="where the family goes (default: inside the installed package)")
     zb.add_argument("--work-dir", default="runs/zoo", help="checkpoints and intermediate runs (resumable)")
     zb.add_argument("--scale", type=float, default=1.0, help="multiply every step count (e.g. 0.01 for a smoke run)")
-    zb.add_argument("--only", nargs="+", help="build only these members")
+    zb.add_argument("--only", nargs="+", help="build only these members (smollm2-pard: the SmolLM2 draft, which "
+                                              "the plain build leaves alone)")
+    zb.add_argument("--device", default="auto", help="smollm2-pard: where to regenerate and train (auto, cpu, cuda)")
+    zb.add_argument("--prompts", nargs="*", default=[], metavar="DATASET",
+                    help="smollm2-pard: more chat prompts to regenerate answers to, as for `pard bench --dataset` "
+                         "(e.g. gsm8k=gsm8k_test.jsonl[:1000])")
     zb.set_defaults(func=run_build)
     zl = zoo_sub.add_parser("list", help="show the family: sizes, held-out loss, how each was trained")
     zl.set_defaults(func=run_list)
@@ -23,9 +28,18 @@ def run_build(args) -> int:
 
     from ..zoo import ZOO_DIR
     from ..zoo.build import build_zoo
+    from ..zoo.smollm2 import NAME, build_smollm2_draft
 
-    family = build_zoo(Path(args.output) if args.output else ZOO_DIR, Path(args.work_dir), scale=args.scale,
-                       only=args.only)
+    output = Path(args.output) if args.output else ZOO_DIR
+    if args.only and NAME in args.only:
+        info = build_smollm2_draft(output, Path(args.work_dir), scale=args.scale, device=args.device,
+                                   prompts=args.prompts)
+        print(f"zoo:{NAME}: {info['steps']} steps, trained {info['train_seconds'] / 60:.1f} min, data "
+              f"{info['data']['seconds'] / 60:.1f} min on {info['device']} -> {output / NAME}")
+        if len(args.only) == 1:
+            return 0
+    family = build_zoo(output, Path(args.work_dir), scale=args.scale,
+                       only=[n for n in args.only if n != NAME] if args.only else None)
     print_family(family)
     return 0
 

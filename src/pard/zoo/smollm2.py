@@ -1,0 +1,160 @@
+"""`pard zoo build --only smollm2-pard`: the PARD draft this project makes for SmolLM2-135M-Instruct.
+
+SmolLM2 has no smaller sibling to adapt, so the draft is cut from SmolLM2 itself (``pard train`` options, usable
+for any family):
+
+1. prompts: coding requests about the stdlib's own functions (:func:`pard.corpus.stdlib_chat_prompts`, rebuilt
+   offline anywhere, disjoint from the benchmarks), plus any prompt files given (``--prompts``);
+2. data: SmolLM2's own greedy answers to them (``pard regenerate``): the draft learns what the target says;
+3. draft: a slice of SmolLM2 (its first LAYERS decoder layers, embeddings, final norm) with a head over the
+   DRAFT_VOCAB tokens its answers use most (FR-Spec), embeddings frozen, trained with COD (K = 8) on the answers
+   plus distillation from SmolLM2's distributions (``--slice-layers --draft-vocab --freeze-embeddings
+   --distill-from``);
+4. the result is stored in bf16 without the embeddings (they are SmolLM2's, taken from ``zoo:smollm2`` at load).
+
+Seeded and resumable like the rest of the zoo: each stage reuses what a previous run of the same recipe finished.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import InvalidArgumentError
+from ..files import atomic_write_text, publish_dir
+from ..training.cod import CODConfig
+from ..training.config import DataConfig, TrainConfig
+from ..training.rundir import TRAINING_INFO_FILE
+from ..training.trainer import train_or_resume
+from .recipe import COD_MIN_RETENTION, COD_RETENTION, SEED
+
+BASE = "zoo:smollm2"
+NAME = "smollm2-pard"
+MASK_TOKEN = 16  # "<empty_output>": a special token chat answers never contain; reused, so no embedding row is added
+
+
+@dataclass(frozen=True)
+class SmolDraftRecipe:
+    prompts: int = 3000  # stdlib coding requests
+    max_new_tokens: int = 384  # longest regenerated answer
+    regenerate_batch: int = 32
+    layers: str = "0-1"  # SmolLM2's decoder layers the draft keeps
+    draft_vocab: int = 8192
+    num_draft_tokens: int = 8
+    max_seq_len: int = 512
+    steps: int = 3000
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    kd_weight: float = 1.0
+
+
+RECIPE = SmolDraftRecipe()
+
+
+def prompt_records(path: Path, count: int, extra: list[str]) -> Path:
+    """The chat prompts as ``{"id", "messages"}`` JSON lines (stdlib requests, then each ``extra`` file's)."""
+    from ..bench.datasets import load_prompts
+    from ..corpus import stdlib_chat_prompts
+
+    if path.exists():
+        return path
+    records = stdlib_chat_prompts("train", count)
+    for spec in extra:
+        records += [{"id": f"{spec}:{p.id}", "messages": [{"role": "user", "content": p.text},
+                                                           {"role": "assistant", "content": ""}]}
+                    for p in load_prompts(spec)]
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    return path
+
+
+DATA_FIELDS = ("prompts", "max_new_tokens")  # the recipe fields the regenerated data depends on
+
+
+def _claim(record: Path, wanted: dict) -> None:
+    """A stage's work is reused only by the recipe that made it (``record`` says which one did)."""
+    if record.exists() and json.loads(record.read_text()) != wanted:
+        raise InvalidArgumentError(f"{record.parent} holds a stage built with another recipe ({record}); remove "
+                                   "it or pass another --work-dir")
+    atomic_write_text(record, json.dumps(wanted, indent=2) + "\n")
+
+
+def regenerate_answers(work_dir: Path, recipe: SmolDraftRecipe, scale: float, prompts: list[str], device) -> Path:
+    """Stage 1-2: the prompts and SmolLM2's greedy fp32 answers (resumable); returns the answers file."""
+    from ..regenerate import RegenerateConfig, regenerate
+
+    folder = work_dir / "smollm2-data"
+    folder.mkdir(parents=True, exist_ok=True)
+    recipe_fields = {k: v for k, v in asdict(recipe).items() if k in DATA_FIELDS}
+    _claim(folder / "recipe.json", {**recipe_fields, "scale": scale, "extra_prompts": prompts})
+    count = max(2, math.ceil(recipe.prompts * scale))
+    source = prompt_records(folder / "prompts.jsonl", count, prompts)
+    answers, info = folder / "answers.jsonl", folder / "regeneration.json"
+    if not info.exists():
+        print(f"[zoo] {BASE} answers the chat prompts on {device} (greedy, fp32)", flush=True)
+        t0 = time.perf_counter()
+        regenerate(RegenerateConfig(target=BASE, data=[str(source)], output=str(answers),
+                                    batch_size=recipe.regenerate_batch, max_new_tokens=recipe.max_new_tokens,
+                                    seed=SEED, dtype="float32", device=str(device)))
+        atomic_write_text(info, json.dumps({"records": sum(1 for _ in answers.open()), "device": str(device),
+                                            "seconds": round(time.perf_counter() - t0, 1)}) + "\n")
+    return answers
+
+
+def train_draft(run_dir: Path, answers: Path, recipe: SmolDraftRecipe, scale: float, device,
+                progress: bool = True) -> Path:
+    """Stage 3: slice, reduce the head, train with COD + distillation (resumable); returns the run directory."""
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    _claim(run_dir.parent / f"{run_dir.name}.recipe.json", {"recipe": asdict(recipe), "scale": scale})
+    steps = max(1, math.ceil(recipe.steps * scale))
+    train_or_resume(TrainConfig(
+        model=BASE, data=[str(answers)], output=str(run_dir),
+        cod=CODConfig(recipe.num_draft_tokens, COD_RETENTION, COD_MIN_RETENTION),
+        data_config=DataConfig(max_seq_len=recipe.max_seq_len, assistant_only=True),
+        max_steps=steps, learning_rate=recipe.learning_rate, warmup_ratio=0.03, weight_decay=0.01,
+        batch_size=recipe.batch_size, seed=SEED, save_steps=max(50, steps // 4), save_total_limit=1,
+        logging_steps=max(1, min(25, steps // 10)), mask_token_ids=[MASK_TOKEN], slice_layers=recipe.layers,
+        draft_vocab=recipe.draft_vocab, freeze_embeddings=True, distill_from=BASE, kd_weight=recipe.kd_weight,
+        bf16=device.type == "cuda", device=str(device), disable_progress=not progress,
+    ))
+    return run_dir
+
+
+def build_smollm2_draft(output: Path, work_dir: Path, *, scale: float = 1.0, device: str = "auto",
+                        prompts: list[str] | None = None, recipe: SmolDraftRecipe = RECIPE,
+                        progress: bool = True) -> dict:
+    """Run (or resume) every stage; publish the draft as ``output / NAME``; return its build record."""
+    from ..models import resolve_device
+
+    started = time.perf_counter()
+    dev = resolve_device(device)
+    answers = regenerate_answers(work_dir, recipe, scale, list(prompts or []), dev)
+    run_dir = train_draft(work_dir / NAME, answers, recipe, scale, dev, progress)
+    training = json.loads((run_dir / TRAINING_INFO_FILE).read_text())
+    info = {"recipe": asdict(recipe), "scale": scale, "extra_prompts": list(prompts or []), "device": str(dev),
+            "steps": training["steps"], "train_seconds": training["train_seconds"],
+            "data": json.loads((answers.parent / "regeneration.json").read_text()),
+            "build_seconds": round(time.perf_counter() - started, 1)}
+    pack(run_dir, output / NAME, info)
+    return info
+
+
+def pack(run_dir: Path, dest: Path, info: dict) -> None:
+    """The trained draft as committed: bf16 weights (without what it takes from its base), config, tokenizer,
+    training record and build record; published atomically."""
+    from safetensors.torch import load_file, save_file
+
+    with publish_dir(dest, overwrite=True) as staging:
+        state = load_file(str(run_dir / "model.safetensors"))
+        save_file({k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state.items()},
+                  str(staging / "model.safetensors"), metadata={"format": "pt"})
+        for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                     "chat_template.jinja", TRAINING_INFO_FILE):
+            if (run_dir / name).exists():
+                shutil.copy(run_dir / name, staging / name)
+        atomic_write_text(staging / "build.json", json.dumps(info, indent=2) + "\n")
