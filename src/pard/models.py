@@ -41,9 +41,21 @@ def check_local_model(spec: str, *, need_tokenizer: bool = False) -> None:
         raise ModelLoadError(f"{spec}: not a model directory (a file)")
     if not (path / "config.json").exists():
         raise ModelLoadError(f"{spec}: not a model directory (no config.json)")
-    if need_tokenizer and not any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json",
-                                                                 "tokenizer.model", "vocab.json")):
+    if need_tokenizer and not _has_tokenizer(path):
         raise ModelLoadError(f"{spec}: the model directory has no tokenizer (tokenizer.json or tokenizer_config.json)")
+
+
+def _has_tokenizer(path: Path) -> bool:
+    return any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
+                                             "vocab.json"))
+
+
+def _base_of(spec: str) -> str | None:
+    """The base model a local draft borrows tensors from (see :mod:`pard.base_weights`), if any."""
+    from .base_weights import BASE_KEY
+
+    path = Path(spec) / "config.json"
+    return json.loads(path.read_text()).get(BASE_KEY) if path.is_file() else None
 
 
 def load_config(spec: str, *, trust_remote_code: bool = False) -> PretrainedConfig:
@@ -183,6 +195,9 @@ def load_tokenizer(spec: str, *, trust_remote_code: bool = False):
         from .tiny import byte_tokenizer
 
         return byte_tokenizer()
+    base = _base_of(spec)
+    if base is not None and not _has_tokenizer(Path(spec)):  # a draft that borrows from its base: its tokenizer too
+        return load_tokenizer(base, trust_remote_code=trust_remote_code)
     check_local_model(spec, need_tokenizer=True)
     try:
         return AutoTokenizer.from_pretrained(spec, trust_remote_code=trust_remote_code)

@@ -51,10 +51,15 @@ def register(sub) -> None:
     al.add_argument("--output", default="bench-results/alignment")
     al.set_defaults(func=run_bench_align)
 
-    d = sub.add_parser("demo", help="offline demo: AR vs vanilla SD vs PARD on HumanEval with the embedded family")
-    d.add_argument("--num-prompts", type=int, default=3)
-    d.add_argument("--max-new-tokens", type=int, default=96)
-    d.add_argument("-k", type=int, default=4, help="draft tokens per step (4 measured best on the embedded family)")
+    d = sub.add_parser("demo", help="offline demo: AR vs vanilla SD vs PARD on HumanEval prompts (SmolLM2, or the "
+                                     "embedded stdlib family)")
+    d.add_argument("--family", choices=tuple(DEMO_FAMILIES), default="smollm2",
+                   help="smollm2: SmolLM2-135M-Instruct with zoo:smollm2-pard, answering chat requests; stdlib: "
+                        "the embedded family (zoo:large with zoo:pard) completing code")
+    d.add_argument("--num-prompts", type=int, default=None, help="default: 2 (smollm2), 3 (stdlib)")
+    d.add_argument("--max-new-tokens", type=int, default=None, help="default: 64 (smollm2), 96 (stdlib)")
+    d.add_argument("-k", type=int, default=None, help="draft tokens per step (default: the best K measured for "
+                                                      "the family on 2 CPU cores)")
     d.add_argument("--output", default="runs/demo")
     d.add_argument("--dtype", default="auto")
     d.set_defaults(func=run_demo)
@@ -103,6 +108,13 @@ def run_bench_align(args) -> int:
     return 0
 
 
+# family -> target, PARD draft, AR draft, K, prompts, new tokens (K: the best measured on 2 CPU cores, README)
+DEMO_FAMILIES = {
+    "smollm2": ("zoo:smollm2", "zoo:smollm2-pard", "zoo:smollm2-pard", 3, 2, 64),
+    "stdlib": ("zoo:large", "zoo:pard", "zoo:draft", 4, 3, 96),
+}
+
+
 def run_demo(args) -> int:
     from pathlib import Path
 
@@ -110,25 +122,29 @@ def run_demo(args) -> int:
     from ..bench.report import bench_markdown
     from ..bench.runner import run_bench
 
+    target, draft, ar_draft, k, prompts, new_tokens = DEMO_FAMILIES[args.family]
+    count = args.num_prompts or prompts
     config = BenchConfig(
-        targets=["zoo:large"], draft="zoo:pard", ar_draft="zoo:draft", methods=["ar", "vsd", "pard"],
-        datasets=["humaneval"], ks=[args.k], num_prompts=args.num_prompts, max_new_tokens=args.max_new_tokens,
-        repeats=1, warmup=1, dtype=args.dtype, output=args.output,
+        targets=[target], draft=draft, ar_draft=ar_draft, methods=["ar", "vsd", "pard"], datasets=["humaneval"],
+        ks=[args.k or k], num_prompts=count, max_new_tokens=args.max_new_tokens or new_tokens, repeats=1, warmup=1,
+        dtype=args.dtype, output=args.output,
     )
     summary = run_bench(config)
-    _print_demo_texts(Path(args.output) / "generations.jsonl", args.num_prompts)
+    _print_demo_texts(Path(args.output) / "generations.jsonl", count, target, chat=args.family == "smollm2")
     print(bench_markdown(summary))
     return 0
 
 
-def _print_demo_texts(generations, count: int) -> None:
+def _print_demo_texts(generations, count: int, target: str, chat: bool) -> None:
     from ..bench.datasets import load_prompts
     from ..models import load_tokenizer
 
-    tokenizer = load_tokenizer("zoo:large")
+    tokenizer = load_tokenizer(target)
     records = [json.loads(line) for line in generations.read_text().splitlines()]
     prompts = {p.id: p.text for p in load_prompts("humaneval", limit=count)}
     for record in [r for r in records if r["method"] == "ar"][:count]:
         same = all(r["matches_ar"] for r in records if r["prompt_id"] == record["prompt_id"])
         print(f"\n── {record['prompt_id']} (identical output from ar, vsd and pard: {'yes' if same else 'NO'}) ──")
-        print(prompts[record["prompt_id"]] + tokenizer.decode(record["output_ids"]))
+        answer = tokenizer.decode(record["output_ids"], skip_special_tokens=True)
+        prompt = prompts[record["prompt_id"]]
+        print(f"[user]\n{prompt.strip()}\n[assistant]\n{answer}" if chat else prompt + answer)

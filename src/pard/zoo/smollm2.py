@@ -43,12 +43,12 @@ MASK_TOKEN = 16  # "<empty_output>": a special token chat answers never contain;
 class SmolDraftRecipe:
     prompts: int = 3000  # stdlib coding requests
     max_new_tokens: int = 384  # longest regenerated answer
-    regenerate_batch: int = 32
+    regenerate_batch: int = 128
     layers: str = "0-1"  # SmolLM2's decoder layers the draft keeps
     draft_vocab: int = 8192
     num_draft_tokens: int = 8
     max_seq_len: int = 512
-    steps: int = 3000
+    steps: int = 1200
     batch_size: int = 16
     learning_rate: float = 1e-3
     kd_weight: float = 1.0
@@ -153,8 +153,8 @@ def pack(run_dir: Path, dest: Path, info: dict) -> None:
         state = load_file(str(run_dir / "model.safetensors"))
         save_file({k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state.items()},
                   str(staging / "model.safetensors"), metadata={"format": "pt"})
-        for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-                     "chat_template.jinja", TRAINING_INFO_FILE):
+        # No tokenizer files: the draft names its base (zoo:smollm2), and the tokenizer comes from there too.
+        for name in ("config.json", "generation_config.json", TRAINING_INFO_FILE):
             if (run_dir / name).exists():
                 shutil.copy(run_dir / name, staging / name)
         atomic_write_text(staging / "build.json", json.dumps(info, indent=2) + "\n")
