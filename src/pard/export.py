@@ -10,6 +10,8 @@ import json
 import shutil
 from pathlib import Path
 
+from .base_weights import BASE_KEY, SHARED_KEY
+from .draft_vocab import DRAFT_VOCAB_KEY
 from .errors import InvalidArgumentError
 from .files import check_output_dir, publish_dir
 from .mask_tokens import PARD_TOKEN_KEY, check_mask_ids, find_mask_token, mark_parallel_draft
@@ -49,6 +51,12 @@ def export_draft(
     output = Path(output)
     check_output_dir(output, overwrite=overwrite, what="--output")  # before anything is loaded
     config = load_config(draft, trust_remote_code=trust_remote_code)
+    if getattr(config, DRAFT_VOCAB_KEY, None):
+        raise InvalidArgumentError(
+            f"{draft} has a reduced draft vocabulary ({getattr(config, DRAFT_VOCAB_KEY)} of {config.vocab_size} "
+            "tokens): vLLM's draft models need a full-vocabulary LM head; serve it with pard, or export a draft "
+            "trained without --draft-vocab"
+        )
     mask_id, found_under = find_mask_token(config, mask_token_id, mask_key)
     tokenizer = load_tokenizer(draft, trust_remote_code=trust_remote_code)
     model = load_model(draft, dtype="checkpoint", device="cpu", trust_remote_code=trust_remote_code)
@@ -58,6 +66,9 @@ def export_draft(
     if found_under and found_under != PARD_TOKEN_KEY and hasattr(model.config, found_under):
         delattr(model.config, found_under)
     mark_parallel_draft(model.config, [mask_id])
+    for key in (BASE_KEY, SHARED_KEY):  # the export holds every tensor itself: vLLM loads it alone
+        if hasattr(model.config, key):
+            delattr(model.config, key)
     source = Path(resolve_spec(draft))
     info = None
     if (source / TRAINING_INFO_FILE).exists():

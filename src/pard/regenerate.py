@@ -39,7 +39,8 @@ class RegenerateConfig:
     data: list[str]
     output: str
     draft: str | None = None  # a draft makes it faster; greedy output is identical either way
-    num_draft_tokens: int = 8
+    num_draft_tokens: int | str = 8  # or "auto" (see pard.decoding.adaptive)
+    max_draft_tokens: int = 8  # K_max for "auto"
     max_new_tokens: int = 256
     prefix_tokens: int | None = 64  # plain text: keep this many tokens of each record...
     prefix_fraction: float | None = None  # ...or this fraction of it
@@ -71,7 +72,8 @@ def regenerate(config: RegenerateConfig) -> Path:
         pair = load_pair(config.target, config.draft, dtype=config.dtype, device=config.device,
                          trust_remote_code=config.trust_remote_code)
         decoder = SpeculativeDecoder(pair.target, pair.draft, method=pair.method,
-                                     num_draft_tokens=config.num_draft_tokens, target_tokenizer=pair.tokenizer,
+                                     num_draft_tokens=config.num_draft_tokens,
+                                     max_draft_tokens=config.max_draft_tokens, target_tokenizer=pair.tokenizer,
                                      draft_tokenizer=pair.draft_tokenizer)
         eos = eos_token_ids(pair.tokenizer, pair.target)
         jobs = [job for job in _jobs(config, pair.tokenizer) if job.id not in done]
@@ -113,7 +115,8 @@ def _validate(config: RegenerateConfig) -> None:
     if config.prefix_tokens is not None and config.prefix_tokens < 1:
         raise InvalidArgumentError(f"--prefix-tokens must be >= 1, got {config.prefix_tokens}")
     for name, value in [("--batch-size", config.batch_size), ("--max-new-tokens", config.max_new_tokens),
-                        ("-k", config.num_draft_tokens)]:
+                        ("-k", config.num_draft_tokens if config.num_draft_tokens != "auto" else 1),
+                        ("--max-k", config.max_draft_tokens)]:
         if value < 1:
             raise InvalidArgumentError(f"{name} must be >= 1, got {value}")
     if config.limit is not None and config.limit < 1:

@@ -21,7 +21,8 @@ class BenchConfig:
     ar_draft: str | None = "zoo:draft"  # the autoregressive draft (vsd, hf-assisted)
     methods: list[str] = field(default_factory=lambda: list(ALL_METHODS))
     datasets: list[str] = field(default_factory=lambda: ["humaneval"])
-    ks: list[int] = field(default_factory=lambda: [8])
+    ks: list[int | str] = field(default_factory=lambda: [8])  # "auto": k chosen per step, up to max_k
+    max_k: int = 8
     batch_sizes: list[int] = field(default_factory=lambda: [1])
     num_prompts: int = 10
     max_new_tokens: int = 128
@@ -47,7 +48,9 @@ class BenchConfig:
             raise InvalidArgumentError("methods vsd / hf-assisted need --ar-draft")
         if not self.ks or not self.batch_sizes or not self.targets or not self.datasets:
             raise InvalidArgumentError("give at least one target, dataset, K and batch size")
-        if min(self.ks) < 1 or min(self.batch_sizes) < 1 or self.repeats < 1 or self.num_prompts < 1:
+        if any(k != "auto" and (not isinstance(k, int) or k < 1) for k in self.ks) or self.max_k < 1:
+            raise InvalidArgumentError("each K must be an integer >= 1 or 'auto', and --max-k >= 1")
+        if min(self.batch_sizes) < 1 or self.repeats < 1 or self.num_prompts < 1:
             raise InvalidArgumentError("K, batch sizes, repeats and --num-prompts must be >= 1")
         if self.max_new_tokens < 1 or self.warmup < 0:
             raise InvalidArgumentError("--max-new-tokens must be >= 1 and --warmup >= 0")

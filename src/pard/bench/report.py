@@ -84,16 +84,18 @@ def bench_markdown(summary: dict) -> str:
         row.append(sum(mismatches) if mismatches else "")
         table.append(row)
     sampling = "greedy" if config["temperature"] == 0 else f"temperature {config['temperature']}"
-    machine = summary["machine"]
+    machine, load = summary["machine"], summary.get("load_average", {})
     text = [
         markdown_table(headers, table),
         f"\n{sampling}; {config['num_prompts']} prompts per dataset, up to {config['max_new_tokens']} new tokens; "
         f"tokens/s = median of {config['repeats']} timed passes after {config['warmup']} warm-up generation(s); "
         f"speedup = tokens/s over ar on the same target, dataset and batch size in this run; dtype "
         f"{config['dtype']}; {machine['cpu_cores']} CPU cores ({machine['torch_threads']} torch threads)"
-        f"{', ' + machine['cuda'] if machine['cuda'] else ''}.\n",
+        f"{', ' + machine['cuda'] if machine['cuda'] else ''}"
+        + (f"; load average {load['start']} at the start, {load['end']} at the end" if load.get("start") is not None
+           else "") + ".\n",
     ]
-    ks = sorted({m["k"] for m in rows if m["k"]})
+    ks = sorted({m["k"] for m in rows if m["k"]}, key=_k_order)
     if len(ks) > 1:
         pivot = []
         for target, method in dict.fromkeys((m["target"], m["method"]) for m in rows if m["k"]):
@@ -128,22 +130,29 @@ def bench_plots(summary: dict, out_dir: Path) -> list[Path]:
     rows = summary["measurements"]
     written = []
     targets = list(dict.fromkeys(m["target"] for m in rows))
-    ks = sorted({m["k"] for m in rows if m["k"]})
+    ks = sorted({m["k"] for m in rows if isinstance(m["k"], int)})
     if len(ks) > 1:
         fig, ax = plt.subplots(figsize=(6, 4))
+
+        def mean_speedup(target, method, k):
+            found = [m["speedup"] for m in rows if (m["target"], m["method"], m["k"]) == (target, method, k)]
+            return statistics.mean(found) if found else None
+
         for target in targets:
             for method, style in [("pard", "-o"), ("vsd", "--s"), ("hf-assisted", ":^")]:
-                pts = [(k, statistics.mean(m["speedup"] for m in rows if (m["target"], m["method"], m["k"]) ==
-                                           (target, method, k))) for k in ks
-                       if any((m["target"], m["method"], m["k"]) == (target, method, k) for m in rows)]
+                pts = [(k, mean_speedup(target, method, k)) for k in ks if mean_speedup(target, method, k)]
                 if pts:
-                    ax.plot(*zip(*pts), style, label=f"{method} · {target}")
+                    line = ax.plot(*zip(*pts), style, label=f"{method} · {target}")[0]
+                    auto = mean_speedup(target, method, "auto")
+                    if auto:  # -k auto is one number per method: a level line in the same colour
+                        ax.axhline(auto, color=line.get_color(), linestyle=":", linewidth=1,
+                                   label=f"{method} · {target} · -k auto")
         ax.set_xlabel("K (draft tokens per step)")
         written.append(_finish_speedup_plot(fig, ax, "Speedup vs K", out_dir / "speedup_vs_k.png"))
     with_alpha = [m for m in rows if m["acceptance_per_position"]]
     if with_alpha:
         fig, ax = plt.subplots(figsize=(6, 4))
-        kmax = max(m["k"] for m in with_alpha)
+        kmax = max((m["k"] for m in with_alpha), key=_k_order)
         for m in with_alpha:
             if m["k"] == kmax and m["batch_size"] == min(x["batch_size"] for x in with_alpha):
                 alpha = m["acceptance_per_position"]
@@ -156,6 +165,20 @@ def bench_plots(summary: dict, out_dir: Path) -> list[Path]:
         ax.set_title(f"Acceptance per position (K={kmax})")
         fig.tight_layout()
         written.append(out_dir / "acceptance.png")
+        save_figure(fig, written[-1])
+        plt.close(fig)
+    adaptive = [m for m in rows if m.get("chosen_k")]
+    if adaptive:  # -k auto: which k each step verified, over the first prompt's generation
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        for m in adaptive:
+            ax.step(range(1, len(m["chosen_k"]) + 1), m["chosen_k"], where="mid",
+                    label=f"{m['method']} · {m['target']} · {m['dataset']} · batch {m['batch_size']}")
+        ax.set_xlabel("decoding step")
+        ax.set_ylabel("k verified (0 = plain decoding)")
+        ax.legend(fontsize=7)
+        ax.set_title("-k auto: verification length chosen per step")
+        fig.tight_layout()
+        written.append(out_dir / "chosen_k.png")
         save_figure(fig, written[-1])
         plt.close(fig)
     methods = [x for x in dict.fromkeys(m["method"] for m in rows) if x != "ar"]
@@ -188,3 +211,9 @@ def _finish_speedup_plot(fig, ax, title: str, path: Path) -> Path:
     save_figure(fig, path)
     plt.close(fig)
     return path
+
+
+def _k_order(k) -> tuple:
+    """Fixed K ascending, then ``auto``."""
+    return (isinstance(k, str), k if isinstance(k, int) else 0)
+

@@ -9,7 +9,9 @@ target, dataset and batch size from the same run. Greedy runs compare every outp
 
 from __future__ import annotations
 
+import os
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,7 +36,7 @@ class Measurement:
     target: str
     dataset: str
     method: str
-    k: int | None
+    k: int | str | None  # "auto": chosen per step
     batch_size: int
     tokens: int
     tokens_per_second: float
@@ -44,6 +46,8 @@ class Measurement:
     draft_seconds: float | None = None
     verify_seconds: float | None = None
     mismatches: int | None = None  # greedy: outputs differing from ar's (must be 0)
+    speculative_fraction: float | None = None  # share of steps that verified draft tokens (< 1 with -k auto)
+    chosen_k: list[int] | None = None  # -k auto: the k of every step of the first prompt's generation
     speedup: float | None = None
 
 
@@ -58,6 +62,7 @@ def run_bench(config: BenchConfig) -> dict:
     out_dir = Path(config.output)
     check_output_dir(out_dir, overwrite=True, what="--output")  # a file there, or no write permission: say so now
     sampling = SamplingConfig(config.temperature, config.top_k, config.top_p)
+    load = {"start": busy_machine_check()}
     prompt_sets = {d: load_prompts(d, limit=config.num_prompts, prompt_field=config.prompt_field)
                    for d in config.datasets}
     drafts = {
@@ -106,10 +111,12 @@ def run_bench(config: BenchConfig) -> dict:
                     bar.update()
         del target
     bar.close()
+    load["end"] = busy_machine_check()
     _add_speedups(measurements)
     summary = {
         "config": asdict(config),
         "machine": machine_info(),
+        "load_average": load,  # 1-minute load when the run started and ended (above the core count: busy)
         "truncated_prompts": {key: n for key, n in truncated.items() if n},
         "measurements": [asdict(m) for m in measurements],
     }
@@ -130,6 +137,18 @@ def _fit_context(ids: list[list[int]], model, max_new_tokens: int) -> tuple[list
     return [p[-room:] for p in ids], sum(len(p) > room for p in ids)
 
 
+def busy_machine_check() -> float | None:
+    """The 1-minute load average; warns on stderr when it exceeds the core count. Another process on the same
+    cores makes timings noisy, and OpenMP spin-waiting made some shapes 10-40x slower when two jobs shared 2 cores."""
+    if not hasattr(os, "getloadavg"):
+        return None
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if load > cores:
+        print(f"pard bench: warning: the machine is busy (load average {load:.1f} on {cores} cores); timings will "
+              "be slow and noisy — stop other jobs for numbers worth reporting", file=sys.stderr)
+    return round(load, 2)
+
+
 def _plan(config: BenchConfig, methods: list[str]) -> list[tuple[str, int | None]]:
     plan = []
     for method in methods:
@@ -147,6 +166,7 @@ def _runner(method, k, target, tokenizer, drafts, draft_tokenizers, sampling, eo
     if method in ENGINE_METHODS:
         kind = {"ar": None, "vsd": "ar", "pard": "pard"}[method]
         decoder = SpeculativeDecoder(target, drafts.get(kind), method=method, num_draft_tokens=k or 1,
+                                     max_draft_tokens=config.max_k,
                                      target_tokenizer=tokenizer, draft_tokenizer=draft_tokenizers.get(kind))
 
         def run(batch, seed):
@@ -164,12 +184,17 @@ def _runner(method, k, target, tokenizer, drafts, draft_tokenizers, sampling, eo
     else:
         kwargs.update(do_sample=True, temperature=sampling.temperature, top_k=sampling.top_k or 0,
                       top_p=sampling.top_p or 1.0)
-    if method == "hf-assisted":
+    if method == "hf-assisted" and k == "auto":
+        # transformers' own adaptive drafting (its heuristic schedule and confidence threshold, up to K_max): the
+        # baseline `-k auto` for vsd is measured against.
+        kwargs.update(assistant_model=drafts["ar"], num_assistant_tokens=config.max_k,
+                      num_assistant_tokens_schedule="heuristic", assistant_confidence_threshold=0.4)
+    elif method == "hf-assisted":
         # Same draft and K as vsd, constant schedule: the side-by-side comparison of the verification loop.
         kwargs.update(assistant_model=drafts["ar"], num_assistant_tokens=k,
                       num_assistant_tokens_schedule="constant", assistant_confidence_threshold=0.0)
     elif method == "hf-prompt-lookup":
-        kwargs.update(prompt_lookup_num_tokens=k)
+        kwargs.update(prompt_lookup_num_tokens=config.max_k if k == "auto" else k)
 
     def run(batch, seed):
         torch.manual_seed(seed)
@@ -213,6 +238,9 @@ def _measure(run, ids, batches, config: BenchConfig) -> tuple[Measurement, list[
         m.mean_accepted_length = merged.mean_accepted_length
         m.acceptance_per_position = merged.acceptance_per_position
         m.draft_seconds, m.verify_seconds = merged.draft_seconds, merged.verify_seconds
+        m.speculative_fraction = merged.speculative_steps / max(merged.target_forwards, 1)
+        if merged.adaptive:
+            m.chosen_k = merged.drafted_lengths[0]
     return m, outputs
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from .options import add_model_options, add_sampling_options
+from .options import add_draft_length_options, add_model_options, add_sampling_options, draft_length
 
 
 def register(sub) -> None:
@@ -21,7 +21,7 @@ def register(sub) -> None:
     b.add_argument("--datasets", nargs="+", default=defaults.datasets,
                    help="humaneval, gsm8k, math500, spec-bench, stdlib, NAME=LOCAL.jsonl or FILE.jsonl")
     b.add_argument("--prompt-field", help="prompt field of local jsonl files (default: auto)")
-    b.add_argument("-k", "--ks", nargs="+", type=int, default=defaults.ks, help="draft lengths K to measure")
+    add_draft_length_options(b, many=True)
     b.add_argument("--batch-sizes", nargs="+", type=int, default=defaults.batch_sizes)
     b.add_argument("--num-prompts", type=int, default=defaults.num_prompts, help="prompts per dataset")
     b.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
@@ -58,8 +58,8 @@ def register(sub) -> None:
                         "the embedded family (zoo:large with zoo:pard) completing code")
     d.add_argument("--num-prompts", type=int, default=None, help="default: 2 (smollm2), 3 (stdlib)")
     d.add_argument("--max-new-tokens", type=int, default=None, help="default: 64 (smollm2), 96 (stdlib)")
-    d.add_argument("-k", type=int, default=None, help="draft tokens per step (default: the best K measured for "
-                                                      "the family on 2 CPU cores)")
+    d.add_argument("-k", type=draft_length, default=None,
+                   help="draft tokens per step, or auto (default: the best measured for the family on 2 CPU cores)")
     d.add_argument("--output", default="runs/demo")
     d.add_argument("--dtype", default="auto")
     d.set_defaults(func=run_demo)
@@ -75,7 +75,8 @@ def run_bench(args) -> int:
 
     config = BenchConfig(
         targets=args.targets, draft=args.draft, ar_draft=args.ar_draft, methods=args.methods,
-        datasets=args.datasets, ks=args.ks, batch_sizes=args.batch_sizes, num_prompts=args.num_prompts,
+        datasets=args.datasets, ks=args.ks, max_k=args.max_k, batch_sizes=args.batch_sizes,
+        num_prompts=args.num_prompts,
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
         repeats=args.repeats, warmup=args.warmup, seed=args.seed, dtype=args.dtype, device=args.device,
         chat_template=not args.no_chat_template, prompt_field=args.prompt_field, output=args.output,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from .options import add_model_options, add_sampling_options
+from .options import add_draft_length_options, add_model_options, add_sampling_options
 
 
 def register(sub) -> None:
@@ -14,7 +14,7 @@ def register(sub) -> None:
     p.add_argument("--output", required=True,
                    help="JSONL file; resumed if it holds records of an earlier run (any other file is refused)")
     p.add_argument("--draft", help="speed up with a draft (greedy output is identical)")
-    p.add_argument("-k", "--num-draft-tokens", type=int, default=8)
+    add_draft_length_options(p)
     p.add_argument("--max-new-tokens", type=int, default=256)
     prefix = p.add_mutually_exclusive_group()
     prefix.add_argument("--prefix-tokens", type=int, default=64, help="plain text: keep this many tokens")
@@ -36,7 +36,7 @@ def run(args) -> int:
 
     config = RegenerateConfig(
         target=args.target, data=args.data, output=args.output, draft=args.draft,
-        num_draft_tokens=args.num_draft_tokens, max_new_tokens=args.max_new_tokens,
+        num_draft_tokens=args.num_draft_tokens, max_draft_tokens=args.max_k, max_new_tokens=args.max_new_tokens,
         prefix_tokens=None if args.prefix_fraction else args.prefix_tokens, prefix_fraction=args.prefix_fraction,
         sampling=SamplingConfig(args.temperature, None, args.top_p), batch_size=args.batch_size, seed=args.seed,
         limit=args.limit, data_config=DataConfig(text_field=args.text_field, messages_field=args.messages_field),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from .options import add_model_options, add_sampling_options
+from .options import add_draft_length_options, add_model_options, add_sampling_options
 
 
 def register(sub) -> None:
@@ -14,7 +14,7 @@ def register(sub) -> None:
     p.add_argument("--draft", help="draft model (parallel if its config has pard_token, else autoregressive)")
     p.add_argument("--method", choices=["ar", "vsd", "pard"],
                    help="decoding method (default: pard for a parallel draft, vsd for an AR draft, ar without one)")
-    p.add_argument("-k", "--num-draft-tokens", type=int, default=8, help="draft tokens per step K (default 8)")
+    add_draft_length_options(p)
     p.add_argument("--max-new-tokens", type=int, default=128)
     add_sampling_options(p)
     p.add_argument("--seed", type=int, help="seed for sampling")
@@ -33,7 +33,8 @@ def run(args) -> int:
     pair = load_pair(args.target, args.draft, dtype=args.dtype, device=args.device,
                      trust_remote_code=args.trust_remote_code)
     decoder = SpeculativeDecoder(pair.target, pair.draft, method=args.method or pair.method,
-                                 num_draft_tokens=args.num_draft_tokens, target_tokenizer=pair.tokenizer,
+                                 num_draft_tokens=args.num_draft_tokens, max_draft_tokens=args.max_k,
+                                 target_tokenizer=pair.tokenizer,
                                  draft_tokenizer=pair.draft_tokenizer)
     prompt_ids = encode_prompt(pair.tokenizer, args.prompt, chat_template=not args.no_chat_template)
     streamer = None
@@ -57,9 +58,14 @@ def print_stats(stats) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{stats.method}  K={stats.num_draft_tokens}", show_header=False)
+    k = f"auto (≤ {stats.num_draft_tokens})" if stats.adaptive else str(stats.num_draft_tokens)
+    table = Table(title=f"{stats.method}  K={k}", show_header=False)
     table.add_row("tokens", str(stats.tokens))
     table.add_row("target forwards", str(stats.target_forwards))
+    if stats.adaptive:
+        chosen = [n for row in stats.drafted_lengths for n in row]
+        table.add_row("speculative steps", f"{stats.speculative_steps} of {stats.target_forwards} "
+                                           f"(mean k {sum(chosen) / max(len(chosen), 1):.2f})")
     table.add_row("draft forwards", str(stats.draft_forwards))
     table.add_row("mean accepted length τ", f"{stats.mean_accepted_length:.2f}")
     if stats.acceptance_per_position:

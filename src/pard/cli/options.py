@@ -117,3 +117,26 @@ def _base_type(kind) -> tuple[type, bool]:
     if typing.get_origin(kind) is list:
         return args[0], True
     return kind, False
+
+
+def draft_length(text: str) -> int | str:
+    """``-k`` values: a positive integer K, or ``auto`` (per-step choice up to --max-k, see pard.decoding.adaptive)."""
+    if text == "auto":
+        return "auto"
+    try:
+        return int(text)  # the range is checked where K is used, with the other settings (one clear line)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"K must be a positive integer or 'auto', got {text!r}") from None
+
+
+def add_draft_length_options(parser: argparse.ArgumentParser, *, many: bool = False) -> None:
+    """-k/--num-draft-tokens (or --ks) and --max-k: how many draft tokens each step verifies."""
+    if many:
+        parser.add_argument("-k", "--ks", nargs="+", type=draft_length, default=[8],
+                            help="draft lengths K to measure; 'auto' chooses k per step (up to --max-k)")
+    else:
+        parser.add_argument("-k", "--num-draft-tokens", type=draft_length, default=8,
+                            help="draft tokens per step K (default 8), or 'auto': each step verifies the prefix "
+                                 "that maximises expected tokens per second, or none (up to --max-k)")
+    parser.add_argument("--max-k", type=int, default=8, help="K_max for -k auto (default 8)")
+

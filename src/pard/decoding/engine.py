@@ -22,6 +22,7 @@ from ..errors import InvalidArgumentError, NotAParallelDraftError, PromptTooLong
 from ..mask_tokens import mask_token_ids_of
 from ..models import context_window
 from ..vocab import check_compatible, vocab_size
+from .adaptive import VerifyLengthChooser
 from .cache import CachedLM
 from .lm import PAD_ID
 from .proposers import AutoregressiveDraftProposer, ParallelDraftProposer, Proposer
@@ -47,7 +48,10 @@ class SpeculativeDecoder:
         target: the model whose output is reproduced.
         draft: the draft model (required for ``vsd`` and ``pard``).
         method: ``"ar"``, ``"vsd"`` or ``"pard"``.
-        num_draft_tokens: K, draft tokens per step (runtime choice, independent of the K used in training).
+        num_draft_tokens: K, draft tokens per step (runtime choice, independent of the K used in training), or
+            ``"auto"``: draft ``max_draft_tokens`` and verify, each step, the prefix that maximises expected
+            committed tokens per second, or none at all (see :mod:`pard.decoding.adaptive`).
+        max_draft_tokens: K_max for ``"auto"``.
         mask_token_ids: override the draft's ``pard_token``; a list gives distinct ids per mask position.
         target_tokenizer / draft_tokenizer: when both are given their vocabularies must agree.
     """
@@ -58,13 +62,20 @@ class SpeculativeDecoder:
         draft: PreTrainedModel | None = None,
         *,
         method: str = "pard",
-        num_draft_tokens: int = 8,
+        num_draft_tokens: int | str = 8,
+        max_draft_tokens: int = 8,
         mask_token_ids: Sequence[int] | None = None,
         target_tokenizer=None,
         draft_tokenizer=None,
     ):
         if method not in METHODS:
             raise InvalidArgumentError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        self.adaptive = num_draft_tokens == "auto"
+        if self.adaptive:
+            num_draft_tokens = max_draft_tokens
+        elif not isinstance(num_draft_tokens, int):
+            raise InvalidArgumentError(f"the number of draft tokens K must be an integer or 'auto', got "
+                                       f"{num_draft_tokens!r}")
         if method != "ar":
             if draft is None:
                 raise InvalidArgumentError(f"method {method!r} needs a draft model")
@@ -150,7 +161,7 @@ class SpeculativeDecoder:
             generator.manual_seed(seed if seed is not None else torch.seed())
 
         batch_size = len(prompts)
-        stats = GenerationStats(self.method, self.num_draft_tokens)
+        stats = GenerationStats(self.method, self.num_draft_tokens, adaptive=self.adaptive)
         stats.accepted_lengths = [[] for _ in prompts]
         stats.drafted_lengths = [[] for _ in prompts]
         outputs: list[list[int]] = [[] for _ in prompts]
@@ -175,16 +186,23 @@ class SpeculativeDecoder:
         _sync(device)
         stats.prefill_seconds = time.perf_counter() - started
 
+        chooser = None
+        if self.adaptive and proposer is not None:
+            chooser = VerifyLengthChooser(self.num_draft_tokens, draft_passes_scale=self.method == "vsd")
         while len(rows):
             # Draft no further than the longest remaining budget needs: k + 1 tokens come out of a full accept.
             k = min(self.num_draft_tokens, int(remaining.max()) - 1)
             tick = time.perf_counter()
-            if proposer is not None and k > 0:
-                proposal = proposer.propose(sequences, lengths, k, sampling, generator)
-                draft_ids = proposal.draft_ids.to(device)  # (B, k)
+            proposal = offered = None
+            if proposer is not None and k > 0 and (chooser is None or chooser.drafting()):
+                extra = {"keep_drafting": chooser.keep_drafting} if chooser is not None and self.method == "vsd" else {}
+                offered = proposer.propose(sequences, lengths, k, sampling, generator, **extra)
                 _sync(device)
+                k = chooser.choose(offered.confidence) if chooser is not None else offered.draft_ids.shape[1]
+                proposal = offered.first(k) if k > 0 else None
             else:
-                proposal, draft_ids = None, sequences.new_empty(len(rows), 0)
+                k = 0
+            draft_ids = proposal.draft_ids.to(device) if proposal is not None else sequences.new_empty(len(rows), 0)
             tock = time.perf_counter()
             stats.draft_seconds += tock - tick
 
@@ -206,8 +224,13 @@ class SpeculativeDecoder:
                 proposer.rollback(lengths + accepted)
             lengths = lengths + accepted + 1
             _sync(device)
-            stats.verify_seconds += time.perf_counter() - tock
+            verify_seconds = time.perf_counter() - tock
+            stats.verify_seconds += verify_seconds
             stats.target_forwards += 1
+            stats.speculative_steps += k > 0
+            if chooser is not None:
+                chooser.observe(k, offered.confidence if offered is not None else None, accepted, tock - tick,
+                                verify_seconds)
 
             # Book-keeping on the host: per-row stats, budgets, EOS.
             keep = []

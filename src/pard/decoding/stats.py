@@ -14,8 +14,10 @@ class GenerationStats:
     """
 
     method: str
-    num_draft_tokens: int
+    num_draft_tokens: int  # K (K_max with `-k auto`)
+    adaptive: bool = False  # `-k auto`: k chosen per step (see drafted_lengths)
     tokens: int = 0
+    speculative_steps: int = 0  # steps that verified at least one draft token (the others decoded plainly)
     target_forwards: int = 0  # verification passes, prefill excluded
     draft_forwards: int = 0
     accepted_lengths: list[list[int]] = field(default_factory=list)  # per row, a of each row-step
@@ -61,9 +63,10 @@ class GenerationStats:
 
     def merged(self, others: list[GenerationStats]) -> GenerationStats:
         """The counters of several generate calls (e.g. the batches of one benchmark pass) added up."""
-        out = GenerationStats(self.method, self.num_draft_tokens)
+        out = GenerationStats(self.method, self.num_draft_tokens, self.adaptive)
         for s in [self, *others]:
             out.tokens += s.tokens
+            out.speculative_steps += s.speculative_steps
             out.target_forwards += s.target_forwards
             out.draft_forwards += s.draft_forwards
             out.accepted_lengths += s.accepted_lengths
@@ -78,7 +81,9 @@ class GenerationStats:
         return {
             "method": self.method,
             "num_draft_tokens": self.num_draft_tokens,
+            "adaptive": self.adaptive,
             "tokens": self.tokens,
+            "speculative_steps": self.speculative_steps,
             "target_forwards": self.target_forwards,
             "draft_forwards": self.draft_forwards,
             "mean_accepted_length": self.mean_accepted_length,

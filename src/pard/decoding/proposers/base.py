@@ -18,11 +18,18 @@ from ..sampling import SamplingConfig, logits_to_probs, sample
 class Proposal:
     """Draft tokens for one step.
 
-    draft_ids (B, k); draft_probs (B, k, V) — the distribution each token was sampled from (None when greedy).
+    draft_ids (B, k); draft_probs (B, k, V) — the distribution each token was sampled from (None when greedy);
+    confidence (B, k) — q(d_i), the draft's probability of each token it proposed (what `-k auto` calibrates).
     """
 
     draft_ids: torch.Tensor
     draft_probs: torch.Tensor | None
+    confidence: torch.Tensor
+
+    def first(self, k: int) -> Proposal:
+        """The first k tokens only (verifying a prefix of a proposal is verifying a shorter proposal)."""
+        probs = self.draft_probs[:, :k] if self.draft_probs is not None else None
+        return Proposal(self.draft_ids[:, :k], probs, self.confidence[:, :k])
 
 
 class Proposer(ABC):
@@ -77,16 +84,19 @@ class DraftModelProposer(Proposer):
 
     def pick(
         self, logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator | None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Draft logits (..., V_draft) -> tokens (...) and their sampling distribution (..., V_target) or None.
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Draft logits (..., V_draft) -> tokens (...), their sampling distribution (..., V_target) or None, and
+        the draft's probability of each token picked (...).
 
         The draft's logits are cut or padded to the target's vocabulary (:func:`~pard.vocab.align_vocab`).
         """
         logits = align_vocab(logits.float(), self.target_vocab_size)
         if sampling.greedy:
-            return logits.argmax(dim=-1), None
+            top = logits.softmax(dim=-1).max(dim=-1)
+            return top.indices, None, top.values
         probs = logits_to_probs(logits, sampling)
         if generator is not None:  # the engine's generator lives with the target, which may sit elsewhere
             probs = probs.to(generator.device)
-        return sample(probs, generator), probs
+        tokens = sample(probs, generator)
+        return tokens, probs, probs.gather(-1, tokens[..., None])[..., 0]
 

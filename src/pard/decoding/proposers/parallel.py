@@ -61,5 +61,4 @@ class ParallelDraftProposer(DraftModelProposer):
         return logits.gather(1, read[..., None].expand(-1, -1, logits.shape[-1]))  # (B, k, V)
 
     def propose(self, sequences, lengths, k, sampling, generator=None):
-        draft_ids, draft_probs = self.pick(self.draft_logits(sequences, lengths, k), sampling, generator)
-        return Proposal(draft_ids, draft_probs)
+        return Proposal(*self.pick(self.draft_logits(sequences, lengths, k), sampling, generator))
