@@ -29,10 +29,17 @@ def test_unsure_draft_decodes_plainly():
 
 def test_the_cost_of_longer_verification_picks_the_middle():
     # T(n) = 0.1 + 0.05 (n - 1); alpha = 0.9: E[tokens | k] / cost(k) peaks at k = 3 (worked out by hand below).
-    c = chooser({1: 0.1, 9: 0.5}, draft=0.0)
+    c = chooser({n: 0.1 + 0.05 * (n - 1) for n in range(1, 10)}, draft=0.0)
     rates = [sum(0.9 ** i for i in range(k + 1)) / (0.1 + 0.05 * k) for k in range(9)]
     assert max(range(9), key=rates.__getitem__) == 3
     assert c.choose(conf(*[0.9] * 8)) == 3
+
+
+def test_an_unmeasured_length_is_assumed_cheap_until_tried():
+    c = chooser({1: 0.1, 9: 0.5}, draft=0.0)
+    assert c.target_seconds(3) == 0.1 and c.choose(conf(*[0.9] * 8)) == 7  # optimistic: try the unknown
+    c.observe(7, conf(*[0.9] * 8), torch.tensor([7]), 0.0, 0.4)  # ...which measures it as it is
+    assert c.target_seconds(8) == 0.4
 
 
 def test_rows_are_summed_for_the_batch():
@@ -41,10 +48,10 @@ def test_rows_are_summed_for_the_batch():
 
 
 def test_calibration_learns_from_what_was_accepted():
-    c = chooser({1: 0.1, 9: 0.2})
+    c = chooser({n: 0.1 + 0.0125 * (n - 1) for n in range(1, 10)})
     before = c.alpha(conf(0.9))[0, 0].item()
     for _ in range(50):  # the draft says 0.9 but is never right at position 1
-        c.observe(1, conf(0.9), torch.tensor([0]), 0.01, 0.11)
+        c.observe(1, conf(0.9), torch.tensor([0]), 0.01, 0.1125)
     assert before == pytest.approx(0.9) and c.alpha(conf(0.9))[0, 0].item() < 0.1
     assert c.choose(conf(*[0.9] * 8)) == 0
 

@@ -69,3 +69,42 @@ def test_bench_end_to_end(tmp_path, capsys):
     for name in ["results.md", "speedup_vs_k.png", "acceptance.png", "speedup_by_target.png"]:
         assert (out / name).stat().st_size > 0
     assert "greedy outputs differing from ar: 0" in capsys.readouterr().out
+
+
+def test_bench_auto_k_and_the_load_record(tmp_path, capsys):
+    out = tmp_path / "bench"
+    code = main(["bench", "--targets", "tiny:llama", "--draft", "tiny:pard", "--ar-draft", "tiny:draft",
+                 "--methods", "ar", "pard", "vsd", "hf-assisted", "--datasets", "humaneval", "-k", "2", "auto",
+                 "--max-k", "4", "--num-prompts", "2", "--max-new-tokens", "12", "--repeats", "1", "--output",
+                 str(out)])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    auto = [m for m in summary["measurements"] if m["k"] == "auto"]
+    assert {m["method"] for m in auto} == {"pard", "vsd", "hf-assisted"}
+    assert all(m["mismatches"] == 0 for m in auto)
+    for m in auto:
+        if m["method"] != "hf-assisted":  # which k each step verified, 0..K_max, one entry per step
+            assert m["chosen_k"] and all(0 <= k <= 4 for k in m["chosen_k"]) and 0 <= m["speculative_fraction"] <= 1
+    assert "start" in summary["load_average"] and (out / "chosen_k.png").stat().st_size > 0
+    assert "K=auto" in (out / "results.md").read_text()
+
+
+def test_bench_warns_on_a_busy_machine(monkeypatch, capsys):
+    import os
+
+    from pard.bench.runner import busy_machine_check
+
+    monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 9.0, 9.0))
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert busy_machine_check() == 9.0
+    assert "the machine is busy (load average 9.0 on 2 cores)" in capsys.readouterr().err
+
+
+def test_bench_latency(tmp_path, capsys):
+    out = tmp_path / "latency"
+    assert main(["bench-latency", "tiny:llama", "tiny:pard", "--max-tokens", "3", "--context", "8", "--repeats", "1",
+                 "--output", str(out)]) == 0
+    results = json.loads((out / "summary.json").read_text())["results"]
+    assert set(results) == {"tiny:llama", "tiny:pard"}
+    assert all(len(r["ms"]) == 3 and r["ratio"][0] == 1.0 for r in results.values())
+    assert (out / "latency.png").stat().st_size > 0 and "n=3" in capsys.readouterr().out

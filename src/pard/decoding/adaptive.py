@@ -10,8 +10,9 @@ second, summed over the rows of the batch:
 
 alpha_j is the draft's confidence q_j calibrated online: for each position and confidence bin, the acceptance
 rate observed so far, with the raw confidence as a prior worth PRIOR_WEIGHT observations. T(n) is measured on the
-passes themselves (an exponential moving average per n, linear in n between measured points), so a busy machine
-or a shrinking batch shows up in the next choice. Verification is untouched: the output is exactly that of any
+passes themselves (an exponential moving average per n; an unmeasured n is assumed as cheap as the largest
+measured size below it, so it gets tried once), so a busy machine or a shrinking batch shows up in the next
+choice. Verification is untouched: the output is exactly that of any
 fixed K (speculative decoding is lossless for every k).
 
 Switching off: when plain decoding wins PATIENCE steps in a row, the engine stops drafting and decodes alone; it
@@ -79,19 +80,16 @@ class VerifyLengthChooser:
         return draft + self.target_seconds(k + 1)
 
     def target_seconds(self, n: int) -> float:
-        """T(n): measured, else linear between the nearest measured sizes (flat beyond them; 1.0 before any)."""
-        known = sorted(self.verify_seconds)
-        if not known:
-            return 1.0
+        """T(n): measured, else optimistic — the time of the largest measured size below n (a pass never costs
+        less with more tokens). Optimism makes the chooser try an unmeasured k once; that pass then measures it
+        (interpolating instead would overrate every size between 1 and K_max + 1 when T is concave, and never
+        try them)."""
         if n in self.verify_seconds:
             return self.verify_seconds[n]
-        lower = [m for m in known if m < n]
-        upper = [m for m in known if m > n]
-        if lower and upper:
-            a, b = lower[-1], upper[0]
-            ta, tb = self.verify_seconds[a], self.verify_seconds[b]
-            return ta + (tb - ta) * (n - a) / (b - a)
-        return self.verify_seconds[lower[-1] if lower else upper[0]]
+        below = [m for m in self.verify_seconds if m < n]
+        if below:
+            return self.verify_seconds[max(below)]
+        return self.verify_seconds[min(self.verify_seconds)] if self.verify_seconds else 1.0
 
     def choose(self, confidence: torch.Tensor) -> int:
         """The k (0..K) to verify this step, from the proposal's confidences (B, K)."""

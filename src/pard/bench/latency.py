@@ -1,0 +1,106 @@
+"""`pard bench-latency`: how a forward pass's time grows with the number of tokens it reads, T(n), n = 1..N.
+
+Speculative decoding wins only when verifying k + 1 tokens costs about as much as decoding one: T(k+1) / T(1) is
+the number to watch (on a GPU it stays near 1 up to large n; on a CPU small-row matrix products are far from the
+memory bound and it grows). Each model reads a ``context``-token prompt through the same ragged KV cache the
+engine uses, then every n is timed as the engine runs it: append n tokens, compute logits, roll back. Medians of
+``repeats`` after a warm-up.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..decoding.cache import CachedLM
+from ..files import atomic_write_text
+from ..models import load_model
+from .report import machine_info, markdown_table, save_figure, write_json
+from .runner import busy_machine_check
+
+
+@dataclass
+class LatencyConfig:
+    models: list[str]
+    max_tokens: int = 17
+    context: int = 200
+    repeats: int = 5
+    batch_size: int = 1
+    dtype: str = "auto"
+    device: str = "auto"
+    output: str = "bench-results/latency"
+    seed: int = 0
+    tokens: list[int] = field(default_factory=list)  # filled in: 1..max_tokens
+
+
+def forward_seconds(model, n: int, config: LatencyConfig, generator: torch.Generator) -> float:
+    """Median seconds of one n-token pass over a ``context``-token cache (B = batch_size)."""
+    vocab = model.config.vocab_size
+    lm = CachedLM(model, config.batch_size)
+    lm.forward(torch.randint(0, vocab, (config.batch_size, config.context), generator=generator), logits_to_keep=1)
+    base = lm.lengths.clone()
+    times = []
+    for _ in range(config.repeats + 1):  # the first pass is a warm-up
+        ids = torch.randint(0, vocab, (config.batch_size, n), generator=generator)
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        lm.forward(ids)
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+        lm.rollback(base)
+    return statistics.median(times[1:])
+
+
+def run_latency(config: LatencyConfig) -> dict:
+    """Time every model at n = 1..max_tokens; write summary.json, results.md and latency.png to ``output``."""
+    load = busy_machine_check()
+    config.tokens = list(range(1, config.max_tokens + 1))
+    generator = torch.Generator().manual_seed(config.seed)
+    results = {}
+    for spec in config.models:
+        model = load_model(spec, dtype=config.dtype, device=config.device)
+        ms = [forward_seconds(model, n, config, generator) * 1000 for n in config.tokens]
+        results[spec] = {"ms": [round(t, 3) for t in ms], "ratio": [round(t / ms[0], 3) for t in ms]}
+        del model
+    summary = {"config": asdict(config), "machine": machine_info(), "load_average": load, "results": results}
+    out = Path(config.output)
+    write_json(out / "summary.json", summary)
+    atomic_write_text(out / "results.md", latency_markdown(summary))
+    latency_plot(summary, out / "latency.png")
+    return summary
+
+
+def latency_markdown(summary: dict) -> str:
+    config, results = summary["config"], summary["results"]
+    shown = [n for n in config["tokens"] if n in (1, 2, 3, 5, 9, 17) or n == config["tokens"][-1]]
+    rows = [[spec, *(f"{r['ms'][n - 1]:.1f} ({r['ratio'][n - 1]:.2f}x)" for n in shown)]
+            for spec, r in results.items()]
+    return (markdown_table(["model", *(f"n={n}" for n in shown)], rows)
+            + f"\n\nms per forward of n tokens after a {config['context']}-token context (T(n)/T(1) in brackets), "
+            f"batch {config['batch_size']}, median of {config['repeats']}; {summary['machine']['cpu_cores']} CPU "
+            f"cores ({summary['machine']['torch_threads']} torch threads).\n")
+
+
+def latency_plot(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for spec, r in summary["results"].items():
+        left.plot(summary["config"]["tokens"], r["ms"], "-o", markersize=3, label=spec)
+        right.plot(summary["config"]["tokens"], r["ratio"], "-o", markersize=3, label=spec)
+    left.set(xlabel="tokens per pass n", ylabel="ms per pass", title="T(n)")
+    right.set(xlabel="tokens per pass n", ylabel="T(n) / T(1)", title="relative cost of a multi-token pass")
+    right.axhline(1.0, color="grey", linewidth=0.5)
+    left.legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
