@@ -112,3 +112,15 @@ def test_k_must_be_an_integer_or_auto(target):
 
     with pytest.raises(InvalidArgumentError, match="integer or 'auto'"):
         SpeculativeDecoder(target, tiny_model("pard"), method="pard", num_draft_tokens="many")
+
+
+def test_what_auto_learned_carries_over_to_the_next_call(target):
+    draft = noisy_copy(target, 0.02, seed=9)
+    draft.config.pard_token, draft.config.spd_type = 258, "pard"
+    decoder = SpeculativeDecoder(target, draft, method="pard", num_draft_tokens="auto", max_draft_tokens=4)
+    decoder.generate(PROMPTS[:1], max_new_tokens=12)
+    learned = decoder._choosers[1]
+    tried = learned.tried.sum().item()
+    out = decoder.generate(PROMPTS[:1], max_new_tokens=12)
+    assert decoder._choosers[1] is learned and learned.tried.sum().item() >= tried and learned.draft_seconds
+    assert out.sequences == [hf_greedy(target, PROMPTS[0], 12)]

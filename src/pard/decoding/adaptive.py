@@ -15,6 +15,9 @@ measured size below it, so it gets tried once), so a busy machine or a shrinking
 choice. Verification is untouched: the output is exactly that of any
 fixed K (speculative decoding is lossless for every k).
 
+What is learned carries over between generate calls of one decoder (per batch size); the on/off schedule restarts
+with each call.
+
 Switching off: when plain decoding wins PATIENCE steps in a row, the engine stops drafting and decodes alone; it
 probes again after OFF_STEPS steps, an interval that doubles each time a probe still loses.
 
@@ -49,6 +52,10 @@ class VerifyLengthChooser:
         self.off_for = 0  # steps left without drafting
         self.backoff = OFF_STEPS
         self.probing = False
+
+    def new_generation(self) -> None:
+        """A new generate call: keep what was learned (calibration, pass costs), restart the on/off schedule."""
+        self.losing_streak, self.off_for, self.backoff, self.probing = 0, 0, OFF_STEPS, False
 
     # ----------------------------------------------------------------------------------------------- decisions
     def drafting(self) -> bool:

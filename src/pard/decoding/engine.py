@@ -94,6 +94,7 @@ class SpeculativeDecoder:
         self.method = method
         self.num_draft_tokens = num_draft_tokens if method != "ar" else 0
         self.mask_token_ids = mask_token_ids
+        self._choosers: dict[int, VerifyLengthChooser] = {}  # -k auto state per batch size
         windows = [w for w in (context_window(target), self.draft and context_window(self.draft)) if w]
         self.context_window = min(windows) if windows else None
 
@@ -188,7 +189,12 @@ class SpeculativeDecoder:
 
         chooser = None
         if self.adaptive and proposer is not None:
-            chooser = VerifyLengthChooser(self.num_draft_tokens, draft_passes_scale=self.method == "vsd")
+            # What -k auto learned (calibration, pass costs) carries over to the next generate call of the same
+            # batch size: short generations would otherwise spend most of their steps finding their feet.
+            if batch_size not in self._choosers:
+                self._choosers[batch_size] = VerifyLengthChooser(self.num_draft_tokens, self.method == "vsd")
+            chooser = self._choosers[batch_size]
+            chooser.new_generation()
         while len(rows):
             # Draft no further than the longest remaining budget needs: k + 1 tokens come out of a full accept.
             k = min(self.num_draft_tokens, int(remaining.max()) - 1)
