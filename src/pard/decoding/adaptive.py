@@ -135,7 +135,8 @@ class VerifyLengthChooser:
         n = k + 1
         old = self.verify_seconds.get(n)
         self.verify_seconds[n] = verify_seconds if old is None else (1 - EMA) * old + EMA * verify_seconds
-        if confidence is not None and confidence.shape[1] > 0:
+        catching_up = self.probing  # the first draft after a pause also reads every token decoded meanwhile
+        if confidence is not None and confidence.shape[1] > 0 and not catching_up:
             per_pass = draft_seconds / (confidence.shape[1] if self.per_token_draft else 1)
             old = self.draft_seconds
             self.draft_seconds = per_pass if old is None else (1 - EMA) * old + EMA * per_pass
