@@ -136,7 +136,7 @@ def run_bench_align(args) -> int:
 
 # family -> target, PARD draft, AR draft, K, prompts, new tokens (K: the best measured on 2 CPU cores, README)
 DEMO_FAMILIES = {
-    "smollm2": ("zoo:smollm2", "zoo:smollm2-pard", "zoo:smollm2-pard", 3, 2, 64),
+    "smollm2": ("zoo:smollm2", "zoo:smollm2-pard", "zoo:smollm2-pard", 4, 2, 64),
     "stdlib": ("zoo:large", "zoo:pard", "zoo:draft", 4, 3, 96),
 }
 
