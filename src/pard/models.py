@@ -50,12 +50,17 @@ def _has_tokenizer(path: Path) -> bool:
                                              "vocab.json"))
 
 
+def _local_config(spec: str) -> dict:
+    """config.json of a local model directory as a dict ({} for anything else)."""
+    path = Path(spec) / "config.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def _base_of(spec: str) -> str | None:
     """The base model a local draft borrows tensors from (see :mod:`pard.base_weights`), if any."""
     from .base_weights import BASE_KEY
 
-    path = Path(spec) / "config.json"
-    return json.loads(path.read_text()).get(BASE_KEY) if path.is_file() else None
+    return _local_config(spec).get(BASE_KEY)
 
 
 def load_config(spec: str, *, trust_remote_code: bool = False) -> PretrainedConfig:
@@ -155,10 +160,7 @@ def _is_assembled(spec: str) -> bool:
     from .base_weights import BASE_KEY
     from .draft_vocab import DRAFT_VOCAB_KEY
 
-    path = Path(spec) / "config.json"
-    if not path.is_file():
-        return False
-    config = json.loads(path.read_text())
+    config = _local_config(spec)
     return DRAFT_VOCAB_KEY in config or BASE_KEY in config
 
 

@@ -66,12 +66,16 @@ class VerifyLengthChooser:
             return False
         return True
 
+    @staticmethod
+    def _cells(confidence: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Confidences (B, k) on the host, with the calibration cell of each: position (B, k) and bin (B, k)."""
+        conf = confidence.detach().float().cpu().clamp(0, 1)
+        bins = (conf * BINS).long().clamp_max(BINS - 1)
+        return conf, torch.arange(conf.shape[1]).expand_as(bins), bins
+
     def alpha(self, confidence: torch.Tensor) -> torch.Tensor:
         """Calibrated acceptance probabilities (B, k) from the draft's confidences (B, k)."""
-        conf = confidence.detach().float().cpu().clamp(0, 1)
-        k = conf.shape[1]
-        bins = (conf * BINS).long().clamp_max(BINS - 1)  # (B, k)
-        pos = torch.arange(k).expand_as(bins)
+        conf, pos, bins = self._cells(confidence)
         acc, tried = self.accepted[pos, bins], self.tried[pos, bins]
         return (acc + PRIOR_WEIGHT * conf) / (tried + PRIOR_WEIGHT)
 
@@ -141,9 +145,7 @@ class VerifyLengthChooser:
             old = self.draft_seconds
             self.draft_seconds = per_pass if old is None else (1 - EMA) * old + EMA * per_pass
         if k > 0 and confidence is not None:
-            conf = confidence[:, :k].detach().float().cpu().clamp(0, 1)
-            bins = (conf * BINS).long().clamp_max(BINS - 1)  # (B, k)
-            pos = torch.arange(k).expand_as(bins)
+            _, pos, bins = self._cells(confidence[:, :k])
             a = accepted.detach().cpu()[:, None]  # (B, 1)
             reached = pos <= a  # position i was judged iff all before it were accepted
             self.tried.index_put_((pos[reached], bins[reached]), torch.ones(int(reached.sum())), accumulate=True)

@@ -101,9 +101,9 @@ class SpeculativeDecoder:
     def _make_proposer(self, batch_size: int) -> Proposer | None:
         target_vocab = vocab_size(self.target)
         if self.method == "vsd":
-            return AutoregressiveDraftProposer(self.draft, target_vocab, batch_size)
+            return AutoregressiveDraftProposer(self.draft, target_vocab, batch_size, self.adaptive)
         if self.method == "pard":
-            return ParallelDraftProposer(self.draft, self.mask_token_ids, target_vocab, batch_size)
+            return ParallelDraftProposer(self.draft, self.mask_token_ids, target_vocab, batch_size, self.adaptive)
         return None
 
     def _budgets(self, prompts: list[list[int]], max_new_tokens: int) -> list[int]:

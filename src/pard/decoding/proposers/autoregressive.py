@@ -27,4 +27,5 @@ class AutoregressiveDraftProposer(DraftModelProposer):
                 break  # the last draft token is never fed: the next step starts from what the target accepts
             logits = self.lm.forward(token[:, None].to(self.lm.device))[:, -1]  # (B, V)
         draft_probs = None if sampling.greedy else torch.stack(probs, dim=1)  # (B, j, V)
-        return Proposal(torch.stack(tokens, dim=1), draft_probs, torch.stack(confidence, dim=1))
+        confidence = torch.stack(confidence, dim=1) if self.report_confidence else None  # (B, j)
+        return Proposal(torch.stack(tokens, dim=1), draft_probs, confidence)

@@ -19,17 +19,20 @@ class Proposal:
     """Draft tokens for one step.
 
     draft_ids (B, k); draft_probs (B, k, V) — the distribution each token was sampled from (None when greedy);
-    confidence (B, k) — q(d_i), the draft's probability of each token it proposed (what `-k auto` calibrates).
+    confidence (B, k) — q(d_i), the draft's probability of each token it proposed (what `-k auto` calibrates;
+    None unless the proposer was asked to report it).
     """
 
     draft_ids: torch.Tensor
     draft_probs: torch.Tensor | None
-    confidence: torch.Tensor
+    confidence: torch.Tensor | None = None
 
     def first(self, k: int) -> Proposal:
         """The first k tokens only (verifying a prefix of a proposal is verifying a shorter proposal)."""
-        probs = self.draft_probs[:, :k] if self.draft_probs is not None else None
-        return Proposal(self.draft_ids[:, :k], probs, self.confidence[:, :k])
+        def cut(t):
+            return t[:, :k] if t is not None else None
+
+        return Proposal(self.draft_ids[:, :k], cut(self.draft_probs), cut(self.confidence))
 
 
 class Proposer(ABC):
@@ -69,9 +72,11 @@ class Proposer(ABC):
 class DraftModelProposer(Proposer):
     """Shared mechanics of proposers backed by a draft LM: its ragged KV cache, rollback, and token picking."""
 
-    def __init__(self, draft: PreTrainedModel, target_vocab_size: int, batch_size: int):
+    def __init__(self, draft: PreTrainedModel, target_vocab_size: int, batch_size: int,
+                 report_confidence: bool = False):
         self.lm = CachedLM(draft, batch_size)
         self.target_vocab_size = target_vocab_size
+        self.report_confidence = report_confidence  # `-k auto` only: greedy confidence costs a softmax over V
 
     def prefill(self, sequences, lengths):
         self.lm.feed(sequences, lengths - 1, PAD_ID, need_logits=False)
@@ -86,17 +91,20 @@ class DraftModelProposer(Proposer):
         self, logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator | None
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """Draft logits (..., V_draft) -> tokens (...), their sampling distribution (..., V_target) or None, and
-        the draft's probability of each token picked (...).
+        (with ``report_confidence``) the draft's probability of each token picked (...), else None.
 
         The draft's logits are cut or padded to the target's vocabulary (:func:`~pard.vocab.align_vocab`).
         """
         logits = align_vocab(logits.float(), self.target_vocab_size)
         if sampling.greedy:
+            if not self.report_confidence:
+                return logits.argmax(dim=-1), None, None
             top = logits.softmax(dim=-1).max(dim=-1)
             return top.indices, None, top.values
         probs = logits_to_probs(logits, sampling)
         if generator is not None:  # the engine's generator lives with the target, which may sit elsewhere
             probs = probs.to(generator.device)
         tokens = sample(probs, generator)
-        return tokens, probs, probs.gather(-1, tokens[..., None])[..., 0]
+        confidence = probs.gather(-1, tokens[..., None])[..., 0] if self.report_confidence else None
+        return tokens, probs, confidence
 

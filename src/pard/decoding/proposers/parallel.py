@@ -26,9 +26,10 @@ class ParallelDraftProposer(DraftModelProposer):
     """One draft forward per step, whatever k (K_infer may exceed the K the draft was trained with)."""
 
     def __init__(
-        self, draft: PreTrainedModel, mask_token_ids: Sequence[int], target_vocab_size: int, batch_size: int
+        self, draft: PreTrainedModel, mask_token_ids: Sequence[int], target_vocab_size: int, batch_size: int,
+        report_confidence: bool = False,
     ):
-        super().__init__(draft, target_vocab_size, batch_size)
+        super().__init__(draft, target_vocab_size, batch_size, report_confidence)
         if not mask_token_ids:
             raise InvalidArgumentError("a parallel draft needs at least one mask token id")
         check_mask_ids(mask_token_ids, draft.get_input_embeddings().num_embeddings)
