@@ -18,6 +18,15 @@ from pard.tiny import tiny_model
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+@pytest.fixture(autouse=True)
+def _compile_only_when_asked(monkeypatch):
+    """`--engine auto` compiles long runs; a test compiles only where it says engine="compiled" (compiling takes
+    seconds per shape). test_compiled.py tests the auto rule itself."""
+    from pard.decoding import engines
+
+    monkeypatch.setattr(engines, "COMPILE_PAYS_TOKENS", float("inf"))
+
+
 @pytest.fixture(scope="session", params=["llama", "qwen2"])
 def target(request):
     return tiny_model(request.param, seed=11)

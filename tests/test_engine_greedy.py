@@ -1,4 +1,5 @@
-"""Lossless, greedy: every method reproduces the target's own transformers `generate` output token for token."""
+"""Lossless, greedy: every method reproduces the target's own transformers `generate` output token for token, on
+every engine path (the dynamic cache and the static one; the compiled steps in test_compiled.py)."""
 
 import pytest
 import torch
@@ -17,13 +18,18 @@ def references(target):
     return {tuple(p): hf_greedy(target, p, MAX_NEW) for p in PROMPTS}
 
 
-def run(target, draft, method, k, prompts, **kwargs):
-    decoder = SpeculativeDecoder(target, draft, method=method, num_draft_tokens=k)
+@pytest.fixture(params=["eager", "static"])
+def engine(request):
+    return request.param
+
+
+def run(target, draft, method, k, prompts, engine="eager", **kwargs):
+    decoder = SpeculativeDecoder(target, draft, method=method, num_draft_tokens=k, engine=engine)
     return decoder.generate(prompts, max_new_tokens=MAX_NEW, **kwargs)
 
 
-def test_ar_equals_hf_generate(target, references):
-    out = run(target, None, "ar", 1, PROMPTS)
+def test_ar_equals_hf_generate(target, references, engine):
+    out = run(target, None, "ar", 1, PROMPTS, engine=engine)
     assert out.sequences == [references[tuple(p)] for p in PROMPTS]
     assert out.stats.mean_accepted_length == 1.0
     assert out.stats.target_forwards == MAX_NEW
@@ -32,18 +38,18 @@ def test_ar_equals_hf_generate(target, references):
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("k", KS)
 @pytest.mark.parametrize("method", ["vsd", "pard"])
-def test_random_draft_equals_target(target, random_draft, random_pard_draft, references, method, k, batch):
+def test_random_draft_equals_target(target, random_draft, random_pard_draft, references, method, k, batch, engine):
     draft = random_draft if method == "vsd" else random_pard_draft
     prompts = BATCHES[batch]
-    out = run(target, draft, method, k, prompts)
+    out = run(target, draft, method, k, prompts, engine=engine)
     assert out.sequences == [references[tuple(p)] for p in prompts]
 
 
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("k", KS)
-def test_vsd_with_draft_equal_to_target_accepts_everything(target, references, k, batch):
+def test_vsd_with_draft_equal_to_target_accepts_everything(target, references, k, batch, engine):
     prompts = BATCHES[batch]
-    out = run(target, noisy_copy(target, 0.0, 0), "vsd", k, prompts)
+    out = run(target, noisy_copy(target, 0.0, 0), "vsd", k, prompts, engine=engine)
     assert out.sequences == [references[tuple(p)] for p in prompts]
     for accepted, drafted in zip(out.stats.accepted_lengths, out.stats.drafted_lengths):
         # Every step accepts all it was offered; only the last step is shortened by the token budget.
@@ -57,12 +63,12 @@ def test_vsd_with_draft_equal_to_target_accepts_everything(target, references, k
 
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("k", KS)
-def test_pard_with_draft_equal_to_target(target, references, k, batch):
+def test_pard_with_draft_equal_to_target(target, references, k, batch, engine):
     """The first PARD proposal comes from the last real token: a copy of the target always gets it right (1-α = 1);
     the later ones are conditioned on mask tokens the copy was never trained on."""
     prompts = BATCHES[batch]
     draft = as_pard_draft(target, BYTE_VOCAB + 2)
-    out = run(target, draft, "pard", k, prompts)
+    out = run(target, draft, "pard", k, prompts, engine=engine)
     assert out.sequences == [references[tuple(p)] for p in prompts]
     assert out.stats.acceptance_per_position[0] == 1.0
     # One draft forward per proposing step, whatever k (paper Eq. 4).
@@ -70,13 +76,13 @@ def test_pard_with_draft_equal_to_target(target, references, k, batch):
 
 
 @pytest.mark.parametrize("method", ["vsd", "pard"])
-def test_ragged_acceptance_rows_equal_rows_alone(target, method):
+def test_ragged_acceptance_rows_equal_rows_alone(target, method, engine):
     """A noisy copy of the target accepts different numbers of tokens per row in the same step."""
     draft = noisy_copy(target, 0.15, seed=3)
     if method == "pard":
         draft = as_pard_draft(draft, BYTE_VOCAB + 2)
-    batched = run(target, draft, method, 4, PROMPTS)
-    alone = [run(target, draft, method, 4, [p]).sequences[0] for p in PROMPTS]
+    batched = run(target, draft, method, 4, PROMPTS, engine=engine)
+    alone = [run(target, draft, method, 4, [p], engine=engine).sequences[0] for p in PROMPTS]
     assert batched.sequences == alone
     assert batched.sequences == [hf_greedy(target, p, MAX_NEW) for p in PROMPTS]
     # Prove the batch was ragged: in some step the rows accepted different counts.
@@ -85,26 +91,26 @@ def test_ragged_acceptance_rows_equal_rows_alone(target, method):
     assert 0 < batched.stats.acceptance_per_position[0] < 1
 
 
-def test_left_padded_tensor_prompts(target, random_pard_draft, references):
+def test_left_padded_tensor_prompts(target, random_pard_draft, references, engine):
     width = max(map(len, PROMPTS))
     ids = torch.zeros(len(PROMPTS), width, dtype=torch.long)
     mask = torch.zeros_like(ids)
     for i, p in enumerate(PROMPTS):
         ids[i, width - len(p) :] = torch.tensor(p)
         mask[i, width - len(p) :] = 1
-    out = SpeculativeDecoder(target, random_pard_draft, method="pard", num_draft_tokens=3).generate(
+    out = SpeculativeDecoder(target, random_pard_draft, method="pard", num_draft_tokens=3, engine=engine).generate(
         ids, attention_mask=mask, max_new_tokens=MAX_NEW
     )
     assert out.sequences == [references[tuple(p)] for p in PROMPTS]
 
 
 @pytest.mark.parametrize("method", ["ar", "vsd", "pard"])
-def test_per_row_eos_and_budget(target, references, method):
+def test_per_row_eos_and_budget(target, references, method, engine):
     draft = as_pard_draft(noisy_copy(target, 0.1, seed=4), BYTE_VOCAB + 2)
     refs = [references[tuple(p)] for p in PROMPTS]
     # Two EOS ids: the 6th token of row 0 and the 10th of row 2 (row 1 may or may not contain them).
     eos = {refs[0][5], refs[2][9]}
-    out = SpeculativeDecoder(target, draft, method=method, num_draft_tokens=4).generate(
+    out = SpeculativeDecoder(target, draft, method=method, num_draft_tokens=4, engine=engine).generate(
         PROMPTS, max_new_tokens=MAX_NEW, eos_token_id=sorted(eos)
     )
     for seq, ref in zip(out.sequences, refs):
@@ -112,14 +118,15 @@ def test_per_row_eos_and_budget(target, references, method):
         assert seq == ref[:cut]
     assert out.stats.tokens == sum(map(len, out.sequences))
     # A budget smaller than K + 1 still yields exactly that many tokens.
-    out = SpeculativeDecoder(target, draft, method=method, num_draft_tokens=8).generate(PROMPTS, max_new_tokens=3)
+    out = SpeculativeDecoder(target, draft, method=method, num_draft_tokens=8, engine=engine).generate(
+        PROMPTS, max_new_tokens=3)
     assert out.sequences == [r[:3] for r in refs]
 
 
-def test_context_window_caps_the_budget(target, random_pard_draft):
+def test_context_window_caps_the_budget(target, random_pard_draft, engine):
     window = target.config.max_position_embeddings
     prompt = [7] * (window - 5)
-    out = SpeculativeDecoder(target, random_pard_draft, method="pard", num_draft_tokens=8).generate(
+    out = SpeculativeDecoder(target, random_pard_draft, method="pard", num_draft_tokens=8, engine=engine).generate(
         [prompt], max_new_tokens=50
     )
     assert len(out.sequences[0]) == 5

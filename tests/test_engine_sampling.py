@@ -57,13 +57,19 @@ def tv(a, b) -> float:
 SAMPLINGS = [SamplingConfig(1.0), SamplingConfig(0.8, top_k=5, top_p=0.9)]
 
 
-@pytest.mark.parametrize("sampling", SAMPLINGS, ids=["t1", "t0.8-topk5-topp0.9"])
-@pytest.mark.parametrize("method,k", [("vsd", 2), ("vsd", 4), ("pard", 2), ("pard", 4), ("ar", 1)])
-def test_first_two_tokens_follow_target_distribution(models, method, k, sampling):
+CASES = [(method, k, sampling, "eager") for sampling in SAMPLINGS
+         for method, k in [("vsd", 2), ("vsd", 4), ("pard", 2), ("pard", 4), ("ar", 1)]]
+# The static cache runs the same engine over other cache mechanics: one case per method, with the warped sampling.
+CASES += [(method, k, SAMPLINGS[1], "static") for method, k in [("vsd", 4), ("pard", 4), ("ar", 1)]]
+
+
+@pytest.mark.parametrize("method,k,sampling,engine", CASES,
+                         ids=[f"{m}-{k}-{'t1' if s is SAMPLINGS[0] else 'warped'}-{e}" for m, k, s, e in CASES])
+def test_first_two_tokens_follow_target_distribution(models, method, k, sampling, engine):
     target, ar_draft, pard_draft = models
     draft = {"vsd": ar_draft, "pard": pard_draft, "ar": None}[method]
     exact = exact_joint(target, sampling)
-    decoder = SpeculativeDecoder(target, draft, method=method, num_draft_tokens=k)
+    decoder = SpeculativeDecoder(target, draft, method=method, num_draft_tokens=k, engine=engine)
     out = decoder.generate([PROMPT] * N, max_new_tokens=3, sampling=sampling, seed=1234)
     bound = tv_bound(exact, N)
     distance = tv(empirical_joint(out.sequences), exact)

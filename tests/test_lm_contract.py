@@ -9,9 +9,16 @@ import torch
 
 from pard.decoding.cache import CachedLM
 from pard.decoding.lm import LanguageModel
+from pard.decoding.static import StaticLM
 from pard.tiny import tiny_model
 
-IMPLEMENTATIONS = [CachedLM]  # a static, position-written cache joins this list
+
+def small_static(model, batch_size):
+    """A static cache barely bigger than the tests need, so that rollbacks' holes force compaction."""
+    return StaticLM(model, batch_size, capacity=12, buckets=(1, 2, 4))
+
+
+IMPLEMENTATIONS = [CachedLM, StaticLM, small_static]
 
 
 @pytest.fixture(scope="module", params=["llama", "qwen2"])
@@ -21,6 +28,8 @@ def model(request):
 
 @pytest.fixture(params=IMPLEMENTATIONS, ids=lambda cls: cls.__name__)
 def make(request, model):
+    if request.param is StaticLM:
+        return lambda batch_size: StaticLM(model, batch_size, capacity=64)
     return lambda batch_size: request.param(model, batch_size)
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .decoding import SamplingConfig, SpeculativeDecoder
+from .decoding.engines import check_engine
 from .errors import DataError, InvalidArgumentError
 from .files import atomic_write_text, check_writable, exclusive_lock
 from .models import load_pair
@@ -52,6 +53,7 @@ class RegenerateConfig:
     dtype: str = "auto"
     device: str = "auto"
     trust_remote_code: bool = False
+    engine: str = "auto"  # see pard.decoding.engines
 
 
 @dataclass
@@ -71,12 +73,13 @@ def regenerate(config: RegenerateConfig) -> Path:
         done = _finished_ids(output)  # refuses a file it did not write, before anything changes
         pair = load_pair(config.target, config.draft, dtype=config.dtype, device=config.device,
                          trust_remote_code=config.trust_remote_code)
+        eos = eos_token_ids(pair.tokenizer, pair.target)
+        jobs = [job for job in _jobs(config, pair.tokenizer) if job.id not in done]
         decoder = SpeculativeDecoder(pair.target, pair.draft, method=pair.method,
                                      num_draft_tokens=config.num_draft_tokens,
                                      max_draft_tokens=config.max_draft_tokens, target_tokenizer=pair.tokenizer,
-                                     draft_tokenizer=pair.draft_tokenizer)
-        eos = eos_token_ids(pair.tokenizer, pair.target)
-        jobs = [job for job in _jobs(config, pair.tokenizer) if job.id not in done]
+                                     draft_tokenizer=pair.draft_tokenizer, engine=config.engine,
+                                     expected_tokens=len(jobs) * config.max_new_tokens)
         _cut_torn_tail(output)
         bar = tqdm(total=len(jobs) + len(done), initial=len(done), desc="regenerating", unit="record")
         started, tokens, sink = time.perf_counter(), 0, None
@@ -110,6 +113,7 @@ def regenerate(config: RegenerateConfig) -> Path:
 
 def _validate(config: RegenerateConfig) -> None:
     """Every setting and path checked before a model is loaded or a file is touched."""
+    check_engine(config.engine)
     if config.prefix_fraction is not None and not 0 < config.prefix_fraction < 1:
         raise InvalidArgumentError(f"prefix fraction must be in (0, 1), got {config.prefix_fraction}")
     if config.prefix_tokens is not None and config.prefix_tokens < 1:

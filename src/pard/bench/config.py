@@ -22,6 +22,7 @@ class BenchConfig:
     methods: list[str] = field(default_factory=lambda: list(ALL_METHODS))
     datasets: list[str] = field(default_factory=lambda: ["humaneval"])
     ks: list[int | str] = field(default_factory=lambda: [8])  # "auto": k chosen per step, up to max_k
+    engines: list[str] = field(default_factory=lambda: ["auto"])  # engine paths of ar/vsd/pard, side by side
     max_k: int = 8
     batch_sizes: list[int] = field(default_factory=lambda: [1])
     num_prompts: int = 10
@@ -48,6 +49,10 @@ class BenchConfig:
             raise InvalidArgumentError("methods vsd / hf-assisted need --ar-draft")
         if not self.ks or not self.batch_sizes or not self.targets or not self.datasets:
             raise InvalidArgumentError("give at least one target, dataset, K and batch size")
+        from ..decoding.engines import check_engine
+
+        for engine in self.engines or ["(none)"]:
+            check_engine(engine)
         if any(k != "auto" and (not isinstance(k, int) or k < 1) for k in self.ks) or self.max_k < 1:
             raise InvalidArgumentError("each K must be an integer >= 1 or 'auto', and --max-k >= 1")
         if min(self.batch_sizes) < 1 or self.repeats < 1 or self.num_prompts < 1:

@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 
 from ..decoding.cache import CachedLM
+from ..decoding.static import StaticLM, round_up
+from ..errors import InvalidArgumentError
 from ..files import atomic_write_text
 from ..models import load_model
 from .report import machine_info, markdown_table, save_figure, write_json
@@ -32,19 +34,28 @@ class LatencyConfig:
     batch_size: int = 1
     dtype: str = "auto"
     device: str = "auto"
+    engine: str = "eager"  # eager (dynamic cache), static, or compiled (each n is one compiled shape)
     output: str = "bench-results/latency"
     seed: int = 0
-    tokens: list[int] = field(default_factory=list)  # filled in: 1..max_tokens
+    tokens: list[int] = field(default_factory=list)  # the n to time (default 1..max_tokens)
 
 
-def forward_seconds(model, n: int, config: LatencyConfig, generator: torch.Generator) -> float:
+def open_lm(model, config: LatencyConfig):
+    """The LM under test: the engine's dynamic cache, or a static cache with one (compiled) shape per n."""
+    if config.engine == "eager":
+        return CachedLM(model, config.batch_size)
+    capacity = round_up(config.context + 2 * config.max_tokens, 256)
+    return StaticLM(model, config.batch_size, capacity, buckets=config.tokens, compile=config.engine == "compiled")
+
+
+def forward_seconds(model, lm, n: int, config: LatencyConfig, generator: torch.Generator) -> float:
     """Median seconds of one n-token pass over a ``context``-token cache (B = batch_size)."""
     vocab = model.config.vocab_size
-    lm = CachedLM(model, config.batch_size)
+    lm.rollback(torch.zeros(config.batch_size, dtype=torch.long))
     lm.forward(torch.randint(0, vocab, (config.batch_size, config.context), generator=generator), logits_to_keep=1)
     base = lm.lengths.clone()
     times = []
-    for _ in range(config.repeats + 1):  # the first pass is a warm-up
+    for _ in range(config.repeats + 1):  # the first pass is a warm-up (and compiles the shape)
         ids = torch.randint(0, vocab, (config.batch_size, n), generator=generator)
         if model.device.type == "cuda":
             torch.cuda.synchronize()
@@ -60,13 +71,18 @@ def forward_seconds(model, n: int, config: LatencyConfig, generator: torch.Gener
 def run_latency(config: LatencyConfig) -> dict:
     """Time every model at n = 1..max_tokens; write summary.json, results.md and latency.png to ``output``."""
     load = busy_machine_check()
-    config.tokens = list(range(1, config.max_tokens + 1))
+    if config.engine not in ("eager", "static", "compiled"):
+        raise InvalidArgumentError(f"unknown engine {config.engine!r}; choose one of eager, static, compiled")
+    config.tokens = sorted(set(config.tokens)) or list(range(1, config.max_tokens + 1))
+    config.max_tokens = max(config.tokens)
     generator = torch.Generator().manual_seed(config.seed)
     results = {}
     for spec in config.models:
         model = load_model(spec, dtype=config.dtype, device=config.device)
-        ms = [forward_seconds(model, n, config, generator) * 1000 for n in config.tokens]
-        results[spec] = {"ms": [round(t, 3) for t in ms], "ratio": [round(t / ms[0], 3) for t in ms]}
+        lm = open_lm(model, config)
+        ms = [forward_seconds(model, lm, n, config, generator) * 1000 for n in config.tokens]
+        results[spec] = {"ms": [round(t, 3) for t in ms], "ratio": [round(t / ms[0], 3) for t in ms],
+                         "compile_seconds": round(getattr(lm, "compile_seconds", 0.0), 1)}
         del model
     summary = {"config": asdict(config), "machine": machine_info(), "load_average": load, "results": results}
     out = Path(config.output)
@@ -78,13 +94,17 @@ def run_latency(config: LatencyConfig) -> dict:
 
 def latency_markdown(summary: dict) -> str:
     config, results = summary["config"], summary["results"]
-    shown = [n for n in config["tokens"] if n in (1, 2, 3, 5, 9, 17) or n == config["tokens"][-1]]
-    rows = [[spec, *(f"{r['ms'][n - 1]:.1f} ({r['ratio'][n - 1]:.2f}x)" for n in shown)]
-            for spec, r in results.items()]
-    return (markdown_table(["model", *(f"n={n}" for n in shown)], rows)
+    tokens = config["tokens"]
+    shown = [i for i, n in enumerate(tokens) if n in (1, 2, 3, 5, 9, 17) or i == len(tokens) - 1 or len(tokens) < 8]
+    rows = [[spec, *(f"{r['ms'][i]:.1f} ({r['ratio'][i]:.2f}x)" for i in shown)] for spec, r in results.items()]
+    compiled = ", ".join(f"{spec} {r['compile_seconds']:.0f} s" for spec, r in results.items()
+                         if r.get("compile_seconds"))
+    return (markdown_table(["model", *(f"n={tokens[i]}" for i in shown)], rows)
             + f"\n\nms per forward of n tokens after a {config['context']}-token context (T(n)/T(1) in brackets), "
-            f"batch {config['batch_size']}, median of {config['repeats']}; {summary['machine']['cpu_cores']} CPU "
-            f"cores ({summary['machine']['torch_threads']} torch threads).\n")
+            f"batch {config['batch_size']}, median of {config['repeats']}, engine {config.get('engine', 'eager')}"
+            + (f" (compiling, not counted: {compiled})" if compiled else "")
+            + f"; {summary['machine']['cpu_cores']} CPU cores ({summary['machine']['torch_threads']} torch "
+            "threads).\n")
 
 
 def latency_plot(summary: dict, path: Path) -> None:

@@ -54,10 +54,19 @@ def _label(m: dict) -> str:
     return m["method"] + (f" K={m['k']}" if m["k"] else "")
 
 
+def _rows(summary: dict) -> list[dict]:
+    """The measurements; when several engine paths ran side by side, each of our methods is named with its path
+    ("ar [eager]", "pard [compiled]") so that tables and plots keep them apart."""
+    rows = summary["measurements"]
+    if len({m.get("engine") for m in rows if m.get("engine")}) < 2:
+        return rows
+    return [{**m, "method": f"{m['method']} [{m['engine']}]"} if m.get("engine") else m for m in rows]
+
+
 def bench_markdown(summary: dict) -> str:
     """The paper's table shapes: per configuration tokens/s, speedup over ar, τ and 1-α per dataset (Tables 1/2),
     speedup against K (Figure 5b) and against batch size (Table 5) when those vary."""
-    rows = summary["measurements"]
+    rows = _rows(summary)
     config = summary["config"]
     datasets = list(dict.fromkeys(m["dataset"] for m in rows))
     keys = list(dict.fromkeys((m["target"], m["method"], m["k"], m["batch_size"]) for m in rows))
@@ -89,7 +98,9 @@ def bench_markdown(summary: dict) -> str:
         markdown_table(headers, table),
         f"\n{sampling}; {config['num_prompts']} prompts per dataset, up to {config['max_new_tokens']} new tokens; "
         f"tokens/s = median of {config['repeats']} timed passes after {config['warmup']} warm-up generation(s); "
-        f"speedup = tokens/s over ar on the same target, dataset and batch size in this run; dtype "
+        f"speedup = tokens/s over ar on the same target, dataset, batch size and engine path in this run "
+        f"(transformers' methods: over the first engine's ar); compilation time excluded (compile_seconds in "
+        f"summary.json); dtype "
         f"{config['dtype']}; {machine['cpu_cores']} CPU cores ({machine['torch_threads']} torch threads)"
         f"{', ' + machine['cuda'] if machine['cuda'] else ''}"
         + (f"; load average {load['start']} at the start, {load['end']} at the end" if load.get("start") is not None
@@ -127,7 +138,7 @@ def bench_plots(summary: dict, out_dir: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = summary["measurements"]
+    rows = _rows(summary)
     written = []
     targets = list(dict.fromkeys(m["target"] for m in rows))
     ks = sorted({m["k"] for m in rows if isinstance(m["k"], int)})
@@ -138,8 +149,10 @@ def bench_plots(summary: dict, out_dir: Path) -> list[Path]:
             found = [m["speedup"] for m in rows if (m["target"], m["method"], m["k"]) == (target, method, k)]
             return statistics.mean(found) if found else None
 
+        styles = {"pard": "-o", "vsd": "--s", "hf-assisted": ":^"}
         for target in targets:
-            for method, style in [("pard", "-o"), ("vsd", "--s"), ("hf-assisted", ":^")]:
+            for method in dict.fromkeys(m["method"] for m in rows if m["method"].split(" ")[0] in styles):
+                style = styles[method.split(" ")[0]]
                 pts = [(k, mean_speedup(target, method, k)) for k in ks if mean_speedup(target, method, k)]
                 if pts:
                     line = ax.plot(*zip(*pts), style, label=f"{method} · {target}")[0]
@@ -156,7 +169,7 @@ def bench_plots(summary: dict, out_dir: Path) -> list[Path]:
         for m in with_alpha:
             if m["k"] == kmax and m["batch_size"] == min(x["batch_size"] for x in with_alpha):
                 alpha = m["acceptance_per_position"]
-                ax.plot(range(1, len(alpha) + 1), alpha, "-o" if m["method"] == "pard" else "--s",
+                ax.plot(range(1, len(alpha) + 1), alpha, "-o" if m["method"].startswith("pard") else "--s",
                         label=f"{m['method']} · {m['target']} · {m['dataset']}")
         ax.set_xlabel("position k")
         ax.set_ylabel("k-α (first k draft tokens accepted)")
@@ -181,7 +194,7 @@ def bench_plots(summary: dict, out_dir: Path) -> list[Path]:
         written.append(out_dir / "chosen_k.png")
         save_figure(fig, written[-1])
         plt.close(fig)
-    methods = [x for x in dict.fromkeys(m["method"] for m in rows) if x != "ar"]
+    methods = [x for x in dict.fromkeys(m["method"] for m in rows) if x != "ar"]  # ar [compiled]: the engine's gain
     batches = sorted({m["batch_size"] for m in rows})
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(targets) * len(batches)), 4))
     groups = [(t, b) for t in targets for b in batches]

@@ -48,7 +48,10 @@ class Measurement:
     mismatches: int | None = None  # greedy: outputs differing from ar's (must be 0)
     speculative_fraction: float | None = None  # share of steps that verified draft tokens (< 1 with -k auto)
     chosen_k: list[int] | None = None  # -k auto: the k of every step of the first prompt's generation
-    speedup: float | None = None
+    engine: str | None = None  # ar/vsd/pard: the engine path asked for (see pard.decoding.engines)
+    engine_path: str | None = None  # the path it resolved to ("auto" -> "compiled" or "eager")
+    compile_seconds: float | None = None  # compiling new shapes, excluded from seconds and tokens/s
+    speedup: float | None = None  # over ar on the same engine (hf-*: over ar on the first engine)
 
 
 def run_bench(config: BenchConfig) -> dict:
@@ -93,15 +96,17 @@ def run_bench(config: BenchConfig) -> dict:
             for batch_size in config.batch_sizes:
                 batches = [list(range(i, min(i + batch_size, len(ids)))) for i in range(0, len(ids), batch_size)]
                 reference = None
-                for method, k in plan:
+                for method, k, engine in plan:
                     if batch_size > 1 and method not in BATCHED:
                         bar.update()
                         continue
-                    bar.set_postfix_str(f"{target_spec} {dataset} {method} K={k} B={batch_size}")
-                    run = _runner(method, k, target, tokenizer, drafts, draft_tokenizers, sampling, eos, config)
+                    bar.set_postfix_str(f"{target_spec} {dataset} {method} K={k} B={batch_size} {engine or ''}")
+                    run = _runner(method, k, engine, target, tokenizer, drafts, draft_tokenizers, sampling, eos,
+                                  config, expected_tokens=len(ids) * config.max_new_tokens)
                     m, outputs = _measure(run, ids, batches, config)
                     m.target, m.dataset, m.method, m.k, m.batch_size = target_spec, dataset, method, k, batch_size
-                    if method == "ar":
+                    m.engine = engine
+                    if reference is None and method == "ar":
                         reference = outputs
                     elif sampling.greedy:
                         m.mismatches = sum(a != b for a, b in zip(outputs, reference))
@@ -149,11 +154,13 @@ def busy_machine_check() -> float | None:
     return round(load, 2)
 
 
-def _plan(config: BenchConfig, methods: list[str]) -> list[tuple[str, int | None]]:
+def _plan(config: BenchConfig, methods: list[str]) -> list[tuple[str, int | None, str | None]]:
+    """(method, K, engine) in run order: every engine's ar before anything else (the speedups' denominators)."""
     plan = []
     for method in methods:
-        for k in config.ks if method in USES_K else [None]:
-            plan.append((method, k))
+        for engine in config.engines if method in ENGINE_METHODS else [None]:
+            for k in config.ks if method in USES_K else [None]:
+                plan.append((method, k, engine))
     return plan
 
 
@@ -161,12 +168,14 @@ def _load(spec: str, config: BenchConfig):
     return load_model(spec, dtype=config.dtype, device=config.device)
 
 
-def _runner(method, k, target, tokenizer, drafts, draft_tokenizers, sampling, eos, config):
+def _runner(method, k, engine, target, tokenizer, drafts, draft_tokenizers, sampling, eos, config,
+            expected_tokens: int):
     """A function batch-of-token-lists -> (outputs, GenerationStats | None)."""
     if method in ENGINE_METHODS:
         kind = {"ar": None, "vsd": "ar", "pard": "pard"}[method]
         decoder = SpeculativeDecoder(target, drafts.get(kind), method=method, num_draft_tokens=k or 1,
-                                     max_draft_tokens=config.max_k,
+                                     max_draft_tokens=config.max_k, engine=engine,
+                                     expected_tokens=expected_tokens * (config.repeats + config.warmup),
                                      target_tokenizer=tokenizer, draft_tokenizer=draft_tokenizers.get(kind))
 
         def run(batch, seed):
@@ -220,6 +229,7 @@ def _measure(run, ids, batches, config: BenchConfig) -> tuple[Measurement, list[
         run([ids[i] for i in batches[w % len(batches)]], config.seed)
     seconds, stats_of_last = [], []
     outputs: list[list[int]] = [[] for _ in ids]
+    compile_seconds = 0.0
     for repeat in range(config.repeats):
         total, stats_of_last = 0.0, []
         for batch in batches:
@@ -230,9 +240,12 @@ def _measure(run, ids, batches, config: BenchConfig) -> tuple[Measurement, list[
                 outputs[i] = seq
             if stats is not None:
                 stats_of_last.append(stats)
+                total -= stats.compile_seconds  # a prompt longer than the warm-up's compiled a new shape
+                compile_seconds += stats.compile_seconds
         seconds.append(total)
     tokens = sum(map(len, outputs))
-    m = Measurement("", "", "", None, 0, tokens, tokens / statistics.median(seconds), seconds)
+    m = Measurement("", "", "", None, 0, tokens=tokens, tokens_per_second=tokens / statistics.median(seconds),
+                    seconds=seconds)
     if stats_of_last:
         merged = stats_of_last[0].merged(stats_of_last[1:])
         m.mean_accepted_length = merged.mean_accepted_length
@@ -241,13 +254,19 @@ def _measure(run, ids, batches, config: BenchConfig) -> tuple[Measurement, list[
         m.speculative_fraction = merged.speculative_steps / max(merged.target_forwards, 1)
         if merged.adaptive:
             m.chosen_k = merged.drafted_lengths[0]
+        m.engine_path, m.compile_seconds = merged.engine, compile_seconds
     return m, outputs
 
 
 def _add_speedups(measurements: list[Measurement]) -> None:
-    base = {(m.target, m.dataset, m.batch_size): m.tokens_per_second for m in measurements if m.method == "ar"}
+    """Speedup over ar on the same engine path; transformers' methods over the first engine's ar."""
+    base = {}
     for m in measurements:
-        m.speedup = m.tokens_per_second / base[(m.target, m.dataset, m.batch_size)]
+        if m.method == "ar":
+            base.setdefault((m.target, m.dataset, m.batch_size, None), m.tokens_per_second)
+            base[(m.target, m.dataset, m.batch_size, m.engine)] = m.tokens_per_second
+    for m in measurements:
+        m.speedup = m.tokens_per_second / base[(m.target, m.dataset, m.batch_size, m.engine)]
 
 
 def _json_line(m: Measurement, prompt_id: str, output: list[int], reference: list[int] | None) -> str:
@@ -255,6 +274,7 @@ def _json_line(m: Measurement, prompt_id: str, output: list[int], reference: lis
 
     return json.dumps({
         "target": m.target, "dataset": m.dataset, "method": m.method, "k": m.k, "batch_size": m.batch_size,
+        "engine": m.engine,
         "prompt_id": prompt_id, "tokens": len(output), "matches_ar": None if reference is None else output == reference,
         "output_ids": output,
     }) + "\n"

@@ -5,7 +5,13 @@ from __future__ import annotations
 import json
 import sys
 
-from .options import add_draft_length_options, add_model_options, add_sampling_options, draft_length
+from .options import (
+    add_draft_length_options,
+    add_engine_option,
+    add_model_options,
+    add_sampling_options,
+    draft_length,
+)
 
 
 def register(sub) -> None:
@@ -22,6 +28,7 @@ def register(sub) -> None:
                    help="humaneval, gsm8k, math500, spec-bench, stdlib, NAME=LOCAL.jsonl or FILE.jsonl")
     b.add_argument("--prompt-field", help="prompt field of local jsonl files (default: auto)")
     add_draft_length_options(b, many=True)
+    add_engine_option(b, many=True)
     b.add_argument("--batch-sizes", nargs="+", type=int, default=defaults.batch_sizes)
     b.add_argument("--num-prompts", type=int, default=defaults.num_prompts, help="prompts per dataset")
     b.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
@@ -55,9 +62,14 @@ def register(sub) -> None:
                                                "model (JSON + markdown + plot)")
     lat.add_argument("models", nargs="+", help="models to time (targets and drafts)")
     lat.add_argument("--max-tokens", type=int, default=17, help="largest n (default 17 = K 16 + 1)")
+    lat.add_argument("--tokens", nargs="+", type=int, default=[], metavar="N",
+                     help="time these n only (default 1..--max-tokens)")
     lat.add_argument("--context", type=int, default=200, help="tokens already in the cache")
     lat.add_argument("--repeats", type=int, default=5)
     lat.add_argument("--batch-size", type=int, default=1)
+    lat.add_argument("--engine", default="eager",
+                     help="eager: the dynamic cache; static: the static cache; compiled: static + torch.compile, one "
+                          "compiled shape per n (compile time reported apart)")
     lat.add_argument("--output", default="bench-results/latency")
     add_model_options(lat, trust_remote_code=False)
     lat.set_defaults(func=run_bench_latency)
@@ -86,7 +98,7 @@ def run_bench(args) -> int:
 
     config = BenchConfig(
         targets=args.targets, draft=args.draft, ar_draft=args.ar_draft, methods=args.methods,
-        datasets=args.datasets, ks=args.ks, max_k=args.max_k, batch_sizes=args.batch_sizes,
+        datasets=args.datasets, ks=args.ks, max_k=args.max_k, engines=args.engines, batch_sizes=args.batch_sizes,
         num_prompts=args.num_prompts,
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
         repeats=args.repeats, warmup=args.warmup, seed=args.seed, dtype=args.dtype, device=args.device,
@@ -110,11 +122,13 @@ def run_bench_latency(args) -> int:
     from ..bench.latency import LatencyConfig, latency_markdown, run_latency
     from ..errors import InvalidArgumentError
 
-    if args.max_tokens < 1 or args.context < 1 or args.repeats < 1 or args.batch_size < 1:
-        raise InvalidArgumentError("--max-tokens, --context, --repeats and --batch-size must be >= 1")
-    summary = run_latency(LatencyConfig(models=args.models, max_tokens=args.max_tokens, context=args.context,
+    sizes = [args.max_tokens, min(args.tokens, default=1), args.context, args.repeats, args.batch_size]
+    if min(sizes) < 1:
+        raise InvalidArgumentError("--max-tokens, --tokens, --context, --repeats and --batch-size must be >= 1")
+    summary = run_latency(LatencyConfig(models=args.models, max_tokens=args.max_tokens, tokens=args.tokens,
+                                        context=args.context,
                                         repeats=args.repeats, batch_size=args.batch_size, dtype=args.dtype,
-                                        device=args.device, output=args.output))
+                                        device=args.device, engine=args.engine, output=args.output))
     print(latency_markdown(summary))
     print(f"wrote {args.output}/summary.json, results.md, latency.png", file=sys.stderr)
     return 0

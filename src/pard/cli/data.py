@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from .options import add_draft_length_options, add_model_options, add_sampling_options
+from .options import add_draft_length_options, add_engine_option, add_model_options, add_sampling_options
 
 
 def register(sub) -> None:
@@ -25,6 +25,7 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--text-field", default="text")
     p.add_argument("--messages-field", default="messages")
+    add_engine_option(p)
     add_model_options(p)
     p.set_defaults(func=run)
 
@@ -40,7 +41,7 @@ def run(args) -> int:
         prefix_tokens=None if args.prefix_fraction else args.prefix_tokens, prefix_fraction=args.prefix_fraction,
         sampling=SamplingConfig(args.temperature, None, args.top_p), batch_size=args.batch_size, seed=args.seed,
         limit=args.limit, data_config=DataConfig(text_field=args.text_field, messages_field=args.messages_field),
-        dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code,
+        dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code, engine=args.engine,
     )
     print(f"wrote {regenerate(config)}", file=sys.stderr)
     return 0

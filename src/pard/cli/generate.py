@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from .options import add_draft_length_options, add_model_options, add_sampling_options
+from .options import add_draft_length_options, add_engine_option, add_model_options, add_sampling_options
 
 
 def register(sub) -> None:
@@ -20,21 +20,24 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, help="seed for sampling")
     p.add_argument("--no-chat-template", action="store_true", help="tokenize the prompt as plain text")
     p.add_argument("--json", action="store_true", help="print one JSON object: text, token_ids, stats")
+    add_engine_option(p)
     add_model_options(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from ..decoding import SamplingConfig, SpeculativeDecoder
+    from ..decoding.engines import check_engine
     from ..models import load_pair
     from ..prompts import encode_prompt, eos_token_ids
 
     sampling = SamplingConfig(args.temperature, args.top_k, args.top_p)  # validate before loading anything
+    check_engine(args.engine)
     pair = load_pair(args.target, args.draft, dtype=args.dtype, device=args.device,
                      trust_remote_code=args.trust_remote_code)
     decoder = SpeculativeDecoder(pair.target, pair.draft, method=args.method or pair.method,
                                  num_draft_tokens=args.num_draft_tokens, max_draft_tokens=args.max_k,
-                                 target_tokenizer=pair.tokenizer,
+                                 engine=args.engine, target_tokenizer=pair.tokenizer,
                                  draft_tokenizer=pair.draft_tokenizer)
     prompt_ids = encode_prompt(pair.tokenizer, args.prompt, chat_template=not args.no_chat_template)
     streamer = None
@@ -71,6 +74,8 @@ def print_stats(stats) -> None:
     if stats.acceptance_per_position:
         table.add_row("acceptance k-α (k=1..)", " ".join(f"{a:.2f}" for a in stats.acceptance_per_position))
     table.add_row("tokens/s", f"{stats.tokens_per_second:.1f}")
+    compiling = f" (compiling {stats.compile_seconds:.1f} s, not counted)" if stats.compile_seconds else ""
+    table.add_row("engine", stats.engine + compiling)
     table.add_row(
         "seconds prefill/draft/verify/other",
         f"{stats.prefill_seconds:.3f} / {stats.draft_seconds:.3f} / {stats.verify_seconds:.3f} / "

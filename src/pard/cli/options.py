@@ -140,3 +140,17 @@ def add_draft_length_options(parser: argparse.ArgumentParser, *, many: bool = Fa
                                  "that maximises expected tokens per second, or none (up to --max-k)")
     parser.add_argument("--max-k", type=int, default=8, help="K_max for -k auto (default 8)")
 
+
+
+ENGINE_HELP = ("engine path: auto (compiled steps on CPU when the run is long enough to pay back compiling, else "
+               "eager), eager (dynamic cache), static (static cache), compiled (static cache + torch.compile)")
+
+
+def add_engine_option(parser: argparse.ArgumentParser, *, many: bool = False) -> None:
+    """--engine (or --engines for benchmarks): which LM implementation runs the models (pard.decoding.engines,
+    which checks the names when the command runs: building the parser must not import torch)."""
+    if many:
+        parser.add_argument("--engines", nargs="+", default=["auto"], metavar="ENGINE",
+                            help=ENGINE_HELP + "; several are measured side by side")
+    else:
+        parser.add_argument("--engine", default="auto", help=ENGINE_HELP)

@@ -35,9 +35,12 @@ class CachedLM:
         return self.slot_mask.sum(dim=1)
 
     @torch.inference_mode()
-    def forward(self, input_ids: torch.Tensor, logits_to_keep: int = 0) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, logits_to_keep: int = 0, logits_at: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Append input_ids (B, T) after each row's real tokens; return logits (B, T, V) (last ``logits_to_keep``
-        positions only when > 0). The T new slots all count as real until ``rollback`` says otherwise."""
+        positions only when > 0; positions ``logits_at`` (B, n) of each row when given: computed for every
+        position, then gathered). The T new slots all count as real until ``rollback`` says otherwise."""
         batch_size, num_new = input_ids.shape
         positions = self.lengths[:, None] + torch.arange(num_new, device=self.device)  # (B, T)
         self.slot_mask = torch.cat(
@@ -51,6 +54,9 @@ class CachedLM:
             use_cache=True,
             logits_to_keep=logits_to_keep,
         )
+        if logits_at is not None:
+            index = logits_at.to(self.device)[..., None].expand(-1, -1, out.logits.shape[-1])  # (B, n, V)
+            return out.logits.gather(1, index)
         return out.logits
 
     def rollback(self, lengths: torch.Tensor) -> None:

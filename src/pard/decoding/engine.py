@@ -23,12 +23,12 @@ from ..mask_tokens import mask_token_ids_of
 from ..models import context_window
 from ..vocab import check_compatible, vocab_size
 from .adaptive import VerifyLengthChooser
-from .cache import CachedLM
+from .engines import LMPool, check_engine, resolve_engine
 from .lm import PAD_ID
 from .proposers import AutoregressiveDraftProposer, ParallelDraftProposer, Proposer
-from .sampling import SamplingConfig, logits_to_probs
+from .sampling import SamplingConfig
 from .stats import GenerationStats
-from .verify import greedy_accept, rejection_sample
+from .step import speculative_step, synchronize
 
 METHODS = ("ar", "vsd", "pard")
 
@@ -54,6 +54,9 @@ class SpeculativeDecoder:
         max_draft_tokens: K_max for ``"auto"``.
         mask_token_ids: override the draft's ``pard_token``; a list gives distinct ids per mask position.
         target_tokenizer / draft_tokenizer: when both are given their vocabularies must agree.
+        engine: ``"auto"``, ``"eager"``, ``"static"`` or ``"compiled"`` (see :mod:`pard.decoding.engines`).
+        expected_tokens: how many tokens this decoder will generate in all, when known: ``auto`` compiles only
+            when that pays back (None: judged from the first ``generate`` call's budget).
     """
 
     def __init__(
@@ -67,6 +70,8 @@ class SpeculativeDecoder:
         mask_token_ids: Sequence[int] | None = None,
         target_tokenizer=None,
         draft_tokenizer=None,
+        engine: str = "auto",
+        expected_tokens: int | None = None,
     ):
         if method not in METHODS:
             raise InvalidArgumentError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -95,16 +100,42 @@ class SpeculativeDecoder:
         self.num_draft_tokens = num_draft_tokens if method != "ar" else 0
         self.mask_token_ids = mask_token_ids
         self._choosers: dict[int, VerifyLengthChooser] = {}  # -k auto state per batch size
+        self.engine = check_engine(engine)
+        self.expected_tokens = expected_tokens
+        self._resolved_engine: str | None = None
+        self._lms = LMPool()  # static caches and compiled steps, kept across generate calls
         windows = [w for w in (context_window(target), self.draft and context_window(self.draft)) if w]
         self.context_window = min(windows) if windows else None
 
-    def _make_proposer(self, batch_size: int) -> Proposer | None:
+    def _engine_for(self, tokens: int) -> str:
+        """The engine path, resolved once (``auto`` judges by ``expected_tokens``, else by the first call's)."""
+        if self._resolved_engine is None:
+            models = [self.target] + ([self.draft] if self.draft is not None else [])
+            expected = self.expected_tokens if self.expected_tokens is not None else tokens
+            self._resolved_engine = resolve_engine(self.engine, models, expected)
+        return self._resolved_engine
+
+    def _target_buckets(self) -> tuple[int, ...]:
+        """Verification pass widths compiled: 1 (AR, or -k auto not drafting) and K + 1; with -k auto, the
+        widths in between are padded to 2, 3, 5, 9, 17... (a handful of shapes, each at most 2x the tokens)."""
+        widths = {1, self.num_draft_tokens + 1}
+        if self.adaptive:
+            widths |= {2 ** j + 1 for j in range(self.num_draft_tokens.bit_length()) if 2**j < self.num_draft_tokens}
+        return tuple(sorted(widths))
+
+    def _make_proposer(self, engine: str, batch_size: int, capacity: int) -> Proposer | None:
+        if self.method == "ar":
+            return None
+        k = self.num_draft_tokens
+        if self.method == "vsd":  # one token per pass, after a first pass over the 1..k+1 tokens accepted last step
+            buckets = (1, 2, 4, k + 1) if k > 3 else (1, k + 1)
+        else:  # pard: the 1..k+1 unread tokens + k-1 masks; k logits
+            buckets = (1, k, (3 * k) // 2, 2 * k)
+        lm = self._lms.open(engine, "draft", self.draft, batch_size, capacity, tuple(b for b in buckets if b > 0))
         target_vocab = vocab_size(self.target)
         if self.method == "vsd":
-            return AutoregressiveDraftProposer(self.draft, target_vocab, batch_size, self.adaptive)
-        if self.method == "pard":
-            return ParallelDraftProposer(self.draft, self.mask_token_ids, target_vocab, batch_size, self.adaptive)
-        return None
+            return AutoregressiveDraftProposer(self.draft, target_vocab, batch_size, self.adaptive, lm)
+        return ParallelDraftProposer(self.draft, self.mask_token_ids, target_vocab, batch_size, self.adaptive, lm)
 
     def _budgets(self, prompts: list[list[int]], max_new_tokens: int) -> list[int]:
         """Per-row number of tokens to generate: max_new_tokens, capped by the context window."""
@@ -179,13 +210,17 @@ class SpeculativeDecoder:
 
         if streamer is not None:
             streamer.put(torch.tensor(prompts[0]))
-        target = CachedLM(self.target, batch_size)
-        proposer = self._make_proposer(batch_size)
+        engine = self._engine_for(sum(budgets))
+        compiling = self._lms.compile_seconds()
+        target = self._lms.open(engine, "target", self.target, batch_size, capacity, self._target_buckets())
+        proposer = self._make_proposer(engine, batch_size, capacity)
         target.feed(sequences, lengths - 1, PAD_ID, need_logits=False)
         if proposer is not None:
             proposer.prefill(sequences, lengths)
-        _sync(device)
-        stats.prefill_seconds = time.perf_counter() - started
+        synchronize(device)
+        stats.engine = engine
+        stats.compile_seconds = self._lms.compile_seconds() - compiling
+        stats.prefill_seconds = time.perf_counter() - started - stats.compile_seconds
 
         chooser = None
         if self.adaptive and proposer is not None:
@@ -198,45 +233,20 @@ class SpeculativeDecoder:
         while len(rows):
             # Draft no further than the longest remaining budget needs: k + 1 tokens come out of a full accept.
             k = min(self.num_draft_tokens, int(remaining.max()) - 1)
-            tick = time.perf_counter()
-            proposal = offered = None
-            if proposer is not None and k > 0 and (chooser is None or chooser.drafting()):
-                extra = {"keep_drafting": chooser.keep_drafting} if chooser is not None and self.method == "vsd" else {}
-                offered = proposer.propose(sequences, lengths, k, sampling, generator, **extra)
-                _sync(device)
-                k = chooser.choose(offered.confidence) if chooser is not None else offered.draft_ids.shape[1]
-                proposal = offered.first(k) if k > 0 else None
-            else:
-                k = 0
-            draft_ids = proposal.draft_ids.to(device) if proposal is not None else sequences.new_empty(len(rows), 0)
-            tock = time.perf_counter()
-            stats.draft_seconds += tock - tick
-
-            last = sequences.gather(1, (lengths - 1)[:, None])  # (B, 1)
-            logits = target.forward(torch.cat([last, draft_ids], dim=1))  # (B, k+1, V)
-            if sampling.greedy:
-                accepted, next_token = greedy_accept(draft_ids, logits)
-            else:
-                p = logits_to_probs(logits, sampling)  # (B, k+1, V)
-                q = proposal.draft_probs.to(device) if proposal is not None else p[:, :0]
-                accepted, next_token = rejection_sample(draft_ids, q, p, generator)
-            # Commit: the target keeps x_last + the accepted drafts; the proposer keeps what it read correctly.
-            target.rollback(lengths + accepted)
-            new_tokens = torch.cat([draft_ids, draft_ids.new_zeros(len(rows), 1)], dim=1)  # (B, k+1)
-            new_tokens.scatter_(1, accepted[:, None], next_token[:, None])
-            write_at = lengths[:, None] + torch.arange(k + 1, device=device)  # (B, k+1)
-            sequences.scatter_(1, write_at, new_tokens)
-            if proposer is not None:
-                proposer.rollback(lengths + accepted)
-            lengths = lengths + accepted + 1
-            _sync(device)
-            verify_seconds = time.perf_counter() - tock
-            stats.verify_seconds += verify_seconds
+            compiling = self._lms.compile_seconds("draft"), self._lms.compile_seconds("target")
+            step = speculative_step(target, proposer, chooser, sequences, lengths, k, sampling, generator)
+            # A shape met for the first time compiles inside its pass: that is not decoding time.
+            draft_compile = self._lms.compile_seconds("draft") - compiling[0]
+            target_compile = self._lms.compile_seconds("target") - compiling[1]
+            compiled = draft_compile + target_compile
+            k, accepted, new_tokens, lengths = step.k, step.accepted, step.new_tokens, step.lengths
+            stats.compile_seconds += compiled
+            stats.draft_seconds += step.draft_seconds - draft_compile
+            stats.verify_seconds += step.verify_seconds - target_compile
             stats.target_forwards += 1
             stats.speculative_steps += k > 0
-            if chooser is not None:
-                chooser.observe(k, offered.confidence if offered is not None else None, accepted, tock - tick,
-                                verify_seconds)
+            if chooser is not None and not compiled:
+                chooser.observe(k, step.confidence, accepted, step.draft_seconds, step.verify_seconds)
 
             # Book-keeping on the host: per-row stats, budgets, EOS.
             keep = []
@@ -266,7 +276,7 @@ class SpeculativeDecoder:
             streamer.end()
         stats.tokens = sum(len(out) for out in outputs)
         stats.draft_forwards = proposer.draft_forwards if proposer is not None else 0
-        stats.total_seconds = time.perf_counter() - started
+        stats.total_seconds = time.perf_counter() - started - stats.compile_seconds
         return GenerationOutput(outputs, stats)
 
 
@@ -287,8 +297,3 @@ def _as_id_set(ids) -> set[int]:
         return {ids}
     return {int(i) for i in ids}
 
-
-def _sync(device: torch.device) -> None:
-    """Make wall-clock timings honest on asynchronous devices (no-op on CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

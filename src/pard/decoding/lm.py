@@ -3,8 +3,9 @@
 A :class:`LanguageModel` is a causal LM *with its KV cache*, decoded row by row with ragged lengths: every forward
 appends the same number of slots to all rows, ``rollback`` says how many leading tokens of each row are still
 right, finished rows leave with ``keep_rows``. :class:`~pard.decoding.cache.CachedLM` implements it over a
-``DynamicCache``; a static, position-written cache (gpt-fast style, for compiled steps) implements the same
-methods, and ``tests/test_lm_contract.py`` holds every implementation to the same contract.
+``DynamicCache``; :class:`~pard.decoding.static.StaticLM`, a static, position-written cache (gpt-fast style, for
+compiled steps), implements the same methods, and ``tests/test_lm_contract.py`` holds every implementation to
+the same contract.
 """
 
 from __future__ import annotations
@@ -26,9 +27,12 @@ class LanguageModel(Protocol):
     def lengths(self) -> torch.Tensor:
         """(B,) number of real tokens cached per row (= the position of the row's next token)."""
 
-    def forward(self, input_ids: torch.Tensor, logits_to_keep: int = 0) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, logits_to_keep: int = 0, logits_at: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Append input_ids (B, T) after each row's real tokens; return logits (B, T, V) (only the last
-        ``logits_to_keep`` positions when > 0). The T new slots count as real until ``rollback`` says otherwise."""
+        ``logits_to_keep`` positions when > 0, only positions ``logits_at`` (B, n) of each row when given). The T
+        new slots count as real until ``rollback`` says otherwise."""
 
     def rollback(self, lengths: torch.Tensor) -> None:
         """Keep only the first ``lengths[i]`` real tokens of row i (lengths (B,), never more than cached)."""

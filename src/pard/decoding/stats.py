@@ -16,6 +16,7 @@ class GenerationStats:
     method: str
     num_draft_tokens: int  # K (K_max with `-k auto`)
     adaptive: bool = False  # `-k auto`: k chosen per step (see drafted_lengths)
+    engine: str = "eager"  # the engine path that ran (see pard.decoding.engines)
     tokens: int = 0
     speculative_steps: int = 0  # steps that verified at least one draft token (the others decoded plainly)
     target_forwards: int = 0  # verification passes, prefill excluded
@@ -25,7 +26,8 @@ class GenerationStats:
     prefill_seconds: float = 0.0
     draft_seconds: float = 0.0
     verify_seconds: float = 0.0
-    total_seconds: float = 0.0
+    total_seconds: float = 0.0  # compilation excluded
+    compile_seconds: float = 0.0  # first passes of new shapes through compiled steps (reported apart)
 
     @property
     def row_steps(self) -> int:
@@ -63,7 +65,7 @@ class GenerationStats:
 
     def merged(self, others: list[GenerationStats]) -> GenerationStats:
         """The counters of several generate calls (e.g. the batches of one benchmark pass) added up."""
-        out = GenerationStats(self.method, self.num_draft_tokens, self.adaptive)
+        out = GenerationStats(self.method, self.num_draft_tokens, self.adaptive, self.engine)
         for s in [self, *others]:
             out.tokens += s.tokens
             out.speculative_steps += s.speculative_steps
@@ -75,6 +77,7 @@ class GenerationStats:
             out.draft_seconds += s.draft_seconds
             out.verify_seconds += s.verify_seconds
             out.total_seconds += s.total_seconds
+            out.compile_seconds += s.compile_seconds
         return out
 
     def to_dict(self) -> dict:
@@ -82,6 +85,7 @@ class GenerationStats:
             "method": self.method,
             "num_draft_tokens": self.num_draft_tokens,
             "adaptive": self.adaptive,
+            "engine": self.engine,
             "tokens": self.tokens,
             "speculative_steps": self.speculative_steps,
             "target_forwards": self.target_forwards,
@@ -94,4 +98,5 @@ class GenerationStats:
             "verify_seconds": self.verify_seconds,
             "other_seconds": self.other_seconds,
             "total_seconds": self.total_seconds,
+            "compile_seconds": self.compile_seconds,
         }

@@ -10,7 +10,7 @@ from transformers import PreTrainedModel
 
 from ...vocab import align_vocab
 from ..cache import CachedLM
-from ..lm import PAD_ID
+from ..lm import PAD_ID, LanguageModel
 from ..sampling import SamplingConfig, logits_to_probs, sample
 
 
@@ -73,8 +73,8 @@ class DraftModelProposer(Proposer):
     """Shared mechanics of proposers backed by a draft LM: its ragged KV cache, rollback, and token picking."""
 
     def __init__(self, draft: PreTrainedModel, target_vocab_size: int, batch_size: int,
-                 report_confidence: bool = False):
-        self.lm = CachedLM(draft, batch_size)
+                 report_confidence: bool = False, lm: LanguageModel | None = None):
+        self.lm = lm if lm is not None else CachedLM(draft, batch_size)  # the engine passes a static one
         self.target_vocab_size = target_vocab_size
         self.report_confidence = report_confidence  # `-k auto` only: greedy confidence costs a softmax over V
 

@@ -18,7 +18,7 @@ from transformers import PreTrainedModel
 
 from ...errors import InvalidArgumentError
 from ...mask_tokens import check_mask_ids
-from ..lm import PAD_ID, ragged_slices
+from ..lm import PAD_ID, LanguageModel, ragged_slices
 from .base import DraftModelProposer, Proposal
 
 
@@ -27,9 +27,9 @@ class ParallelDraftProposer(DraftModelProposer):
 
     def __init__(
         self, draft: PreTrainedModel, mask_token_ids: Sequence[int], target_vocab_size: int, batch_size: int,
-        report_confidence: bool = False,
+        report_confidence: bool = False, lm: LanguageModel | None = None,
     ):
-        super().__init__(draft, target_vocab_size, batch_size, report_confidence)
+        super().__init__(draft, target_vocab_size, batch_size, report_confidence, lm)
         if not mask_token_ids:
             raise InvalidArgumentError("a parallel draft needs at least one mask token id")
         check_mask_ids(mask_token_ids, draft.get_input_embeddings().num_embeddings)
@@ -54,12 +54,12 @@ class ParallelDraftProposer(DraftModelProposer):
         inputs = torch.cat([pending, pending.new_full((batch_size, k - 1), PAD_ID)], dim=1)
         mask_slots = counts[:, None] + torch.arange(k - 1, device=device)  # (B, k-1)
         inputs.scatter_(1, mask_slots, self.mask_ids(k - 1).expand(batch_size, -1))
-        logits = self.lm.forward(inputs)  # (B, W + k - 1, V)
+        read = counts[:, None] - 1 + torch.arange(k, device=device)  # (B, k): last real token, then the masks
+        logits = self.lm.forward(inputs, logits_at=read)  # (B, k, V): the LM head runs at those k positions only
         # Drop the masks' (and padding's) KV: keep exactly the real tokens read this step.
         self.lm.rollback(start + counts)
         self.draft_forwards += 1
-        read = counts[:, None] - 1 + torch.arange(k, device=device)  # (B, k): last real token, then the masks
-        return logits.gather(1, read[..., None].expand(-1, -1, logits.shape[-1]))  # (B, k, V)
+        return logits
 
     def propose(self, sequences, lengths, k, sampling, generator=None):
         return Proposal(*self.pick(self.draft_logits(sequences, lengths, k), sampling, generator))

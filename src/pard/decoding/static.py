@@ -1,0 +1,267 @@
+"""A causal LM with a static, position-written KV cache (gpt-fast style), for eager or compiled decoding.
+
+Same contract as :class:`~pard.decoding.cache.CachedLM` (``tests/test_lm_contract.py``), different mechanics:
+
+* every layer's keys and values live in one preallocated buffer (B, H_kv, S_max, D); a forward writes its T new
+  slots at ``[size, size + T)`` with ``index_copy_`` — no per-step ``torch.cat`` or reallocation;
+* rollback only edits the per-row slot mask and moves ``size`` back to just past the last slot any row still uses
+  (gpt-fast's "rollback is moving a length", made per row); stale keys past ``size`` are overwritten next time;
+* when ragged rollbacks have left so many holes that the next pass would not fit, the live slots of every row are
+  moved to the front once (keys are stored after RoPE, so moving a slot does not change what it encodes);
+* finished rows stay in the buffers (their outputs are dropped), so the batch dimension never changes shape;
+* passes of up to ``max(buckets)`` tokens are padded to the next bucket, so a compiled step sees a handful of
+  fixed shapes (B, T_bucket) and never recompiles after warm-up; prefill and longer passes run eagerly.
+
+The layer loop calls the Hugging Face model's own modules (norms, projections, MLP, rotary embedding, LM head);
+only attention over the slot buffers is ours: scaled-dot-product attention with a boolean (B, 1, T, S_max) mask
+``slot is real in this row and not after the query`` and grouped-query heads broadcast by SDPA (no ``repeat_kv``
+copy). Supported: decoder-only Llama-style models (llama, mistral, qwen2, qwen3 without sliding windows);
+:func:`supports_static_cache` says so for a given model, and the engine falls back to ``CachedLM`` otherwise.
+"""
+
+from __future__ import annotations
+
+import time
+from importlib import import_module
+
+import torch
+import torch._inductor.config
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+
+from .lm import PAD_ID, ragged_slices
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+
+
+def supports_static_cache(model: PreTrainedModel) -> bool:
+    """Whether :class:`StaticLM` can run ``model`` (a Llama-style decoder with full attention in every layer)."""
+    config = model.config
+    if getattr(config, "model_type", None) not in SUPPORTED_MODEL_TYPES:
+        return False
+    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
+        return False  # mistral's and qwen's sliding windows would need a ring buffer
+    inner = getattr(model, "model", None)
+    return all(hasattr(inner, name) for name in ("embed_tokens", "layers", "norm", "rotary_emb"))
+
+
+def round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+class _Decoder(nn.Module):
+    """The pure, shape-static part of a pass: embed -> layers over the slot buffers -> norm -> LM head.
+
+    Everything it is given is a tensor (no Python ints that change per step), so one compiled graph per input
+    shape serves the whole generation.
+    """
+
+    def __init__(self, model: PreTrainedModel, batch_size: int, capacity: int):
+        super().__init__()
+        inner = model.model
+        config = model.config
+        self.embed_tokens, self.layers, self.norm = inner.embed_tokens, inner.layers, inner.norm
+        self.rotary_emb, self.lm_head = inner.rotary_emb, model.lm_head
+        self.apply_rope = import_module(type(model).__module__).apply_rotary_pos_emb
+        attention = self.layers[0].self_attn
+        self.head_dim = attention.head_dim
+        self.scaling = attention.scaling
+        dtype = self.embed_tokens.weight.dtype
+        shape = (batch_size, config.num_key_value_heads, capacity, self.head_dim)  # (B, H_kv, S_max, D)
+        for i in range(len(self.layers)):
+            self.register_buffer(f"k_{i}", torch.zeros(shape, dtype=dtype, device=model.device), persistent=False)
+            self.register_buffer(f"v_{i}", torch.zeros(shape, dtype=dtype, device=model.device), persistent=False)
+
+    def caches(self):
+        return [(getattr(self, f"k_{i}"), getattr(self, f"v_{i}")) for i in range(len(self.layers))]
+
+    def forward(self, input_ids, positions, slots, attend, logits_at):
+        """input_ids, positions (B, T); slots (T,) where the T new keys go; attend (B, 1, T, S_max) bool;
+        logits_at (B, n) indices into T whose logits are returned -> (B, n, V)."""
+        hidden = self.embed_tokens(input_ids)  # (B, T, D_model)
+        cos, sin = self.rotary_emb(hidden, positions)  # (B, T, D)
+        batch_size, num_new = input_ids.shape
+        for layer, (k_cache, v_cache) in zip(self.layers, self.caches()):
+            attn = layer.self_attn
+            x = layer.input_layernorm(hidden)
+            q = attn.q_proj(x).view(batch_size, num_new, -1, self.head_dim)  # (B, T, H, D)
+            k = attn.k_proj(x).view(batch_size, num_new, -1, self.head_dim)  # (B, T, H_kv, D)
+            if hasattr(attn, "q_norm"):  # qwen3 normalises each head before RoPE
+                q, k = attn.q_norm(q), attn.k_norm(k)
+            v = attn.v_proj(x).view(batch_size, num_new, -1, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
+            q, k = self.apply_rope(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
+            k_cache.index_copy_(2, slots, k)
+            v_cache.index_copy_(2, slots, v)
+            out = F.scaled_dot_product_attention(
+                q, k_cache, v_cache, attn_mask=attend, scale=self.scaling, enable_gqa=True
+            )  # (B, H, T, D)
+            hidden = hidden + attn.o_proj(out.transpose(1, 2).reshape(batch_size, num_new, -1))
+            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+        hidden = self.norm(hidden)
+        picked = hidden.gather(1, logits_at[..., None].expand(-1, -1, hidden.shape[-1]))  # (B, n, D_model)
+        return self.lm_head(picked)  # (B, n, V)
+
+
+class StaticLM:
+    """``model`` + preallocated per-layer KV buffers + the per-row slot mask; optionally compiled steps.
+
+    Args:
+        model: a Llama-style causal LM (:func:`supports_static_cache`).
+        batch_size: B, fixed for the object's life (finished rows are masked, not removed).
+        capacity: S_max, slots per row; holds the longest row plus one pass (holes are compacted away).
+        buckets: pass widths the decode step is specialised to; a pass of T tokens is padded to the smallest
+            bucket >= T; wider passes run eagerly (unpadded).
+        compile: ``torch.compile`` the step (inductor on CPU; CUDA graphs via ``reduce-overhead`` on CUDA), or a
+            backend name (``"eager"`` compiles nothing but still traces: what the recompilation test uses).
+    """
+
+    def __init__(self, model: PreTrainedModel, batch_size: int, capacity: int, buckets=(1,), compile=False):
+        self.model = model
+        self.device = model.device
+        self.batch_size = batch_size
+        self.capacity = capacity
+        self.buckets = tuple(sorted(set(buckets)))
+        self.decoder = _Decoder(model, batch_size, capacity).eval()
+        self.step = self.decoder
+        self.compiled = bool(compile)
+        self.compile_seconds = 0.0  # first passes of each shape through the compiled step
+        self._seen_shapes: set[tuple[int, ...]] = set()
+        self._inductor_config = {}
+        if compile:
+            options = compile_options(self.device, compile)
+            # Inductor reads freezing/max-autotune from its global config when a graph is compiled (passing them
+            # as torch.compile(options=...) leaves freezing off): set them around compilations only.
+            self._inductor_config = options.pop("inductor_config", {})
+            self.step = torch.compile(self.decoder, dynamic=False, **options)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every row (a new generation of the same batch size reuses the buffers and compiled steps)."""
+        self.slot_mask = torch.zeros(self.batch_size, self.capacity, dtype=torch.bool, device=self.device)
+        self.size = 0  # slots in use: [0, size) may hold real tokens; nothing past it does
+        self.active = torch.arange(self.batch_size, device=self.device)  # the engine's rows -> buffer rows
+        self._slot_ids = torch.arange(self.capacity, device=self.device)
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """(B',) number of real tokens cached per active row (= the position of the row's next token)."""
+        return self.slot_mask[self.active].sum(dim=1)
+
+    def forward(self, input_ids: torch.Tensor, logits_to_keep: int = 0, logits_at: torch.Tensor | None = None):
+        """Append input_ids (B', T) after each active row's real tokens; return logits (B', T, V), only the last
+        ``logits_to_keep`` positions when > 0, or only the positions ``logits_at`` (B', n) when given."""
+        return self._forward(input_ids, logits_to_keep, logits_at, compiled=True)
+
+    @torch.inference_mode()
+    def _forward(self, input_ids, logits_to_keep, logits_at, compiled: bool):
+        num_rows, num_new = input_ids.shape
+        width = self._bucket(num_new)  # T padded to a bucket
+        if self.size + width > self.capacity:
+            self._compact()
+        if self.size + width > self.capacity:
+            raise RuntimeError(f"static KV cache full: {self.size} + {width} slots > capacity {self.capacity}")
+        ids = torch.full((self.batch_size, width), PAD_ID, dtype=torch.long, device=self.device)  # (B, T_b)
+        ids[self.active, :num_new] = input_ids.to(self.device)
+        lengths = self.slot_mask.sum(dim=1)  # (B,)
+        offsets = torch.arange(width, device=self.device)
+        positions = lengths[:, None] + offsets  # (B, T_b)
+        slots = self.size + offsets  # (T_b,)
+        self.slot_mask[self.active, self.size : self.size + width] = True
+        visible = self.slot_mask.clone()
+        visible[:, self.size : self.size + width] = True  # finished rows too: a query always sees itself
+        # Query t of row b sees the real slots of row b up to its own: (B, 1, T_b, S_max).
+        attend = visible[:, None, None, :] & (self._slot_ids <= slots[:, None])[None, None]
+        if logits_at is None:
+            first = num_new - logits_to_keep if logits_to_keep > 0 else 0
+            logits_at = torch.arange(first, num_new, device=self.device).expand(num_rows, -1)
+        num_logits = logits_at.shape[1]
+        # The LM head runs at the asked positions only; their number is padded to a bucket too (fixed shapes).
+        picks = torch.zeros(self.batch_size, self._bucket(num_logits), dtype=torch.long, device=self.device)
+        picks[self.active, :num_logits] = logits_at.to(self.device)
+        step = self.step if compiled and width in self.buckets else self.decoder  # prefill passes stay eager
+        logits = self._run(step, ids, positions, slots, attend, picks)  # (B, n_b, V)
+        self.size += width
+        if width > num_new:  # the padding never counts as real
+            self.slot_mask[:, self.size - width + num_new : self.size] = False
+            self._shrink()
+        return logits[self.active, :num_logits]
+
+    def _bucket(self, num_tokens: int) -> int:
+        """The smallest bucket holding ``num_tokens``, or ``num_tokens`` itself past the largest."""
+        return next((b for b in self.buckets if b >= num_tokens), num_tokens)
+
+    def _run(self, step, *inputs):
+        """One pass; the first pass of each new shape through a compiled step is timed as compile time."""
+        shape = tuple(inputs[0].shape) + tuple(inputs[-1].shape)  # (B, T_b, B, n_b)
+        if step is self.decoder or shape in self._seen_shapes:
+            return step(*inputs)
+        started = time.perf_counter()
+        with torch._inductor.config.patch(self._inductor_config):
+            out = step(*inputs)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.compile_seconds += time.perf_counter() - started
+        self._seen_shapes.add(shape)
+        return out
+
+    def rollback(self, lengths: torch.Tensor) -> None:
+        """Keep only the first ``lengths[i]`` real tokens of active row i (lengths (B',))."""
+        mask = self.slot_mask[self.active]  # (B', S_max)
+        rank = mask.long().cumsum(dim=1)  # 1-based rank of each real slot in its row
+        self.slot_mask[self.active] = mask & (rank <= lengths.to(self.device)[:, None])
+        self._shrink()
+
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Finished rows leave: ``rows`` (B'',) index the current active rows. Their buffer rows stay, unused."""
+        dropped = torch.ones(self.batch_size, dtype=torch.bool, device=self.device)
+        self.active = self.active[rows.to(self.device)]
+        dropped[self.active] = False
+        self.slot_mask[dropped] = False
+        self._shrink()
+
+    def feed(self, sequences: torch.Tensor, ends: torch.Tensor, pad_id: int = PAD_ID, need_logits: bool = True):
+        """Read ``sequences[i, lengths[i]:ends[i]]`` for every active row in one forward; return the logits at each
+        row's last token read (B', V), or None when ``need_logits`` is False."""
+        sequences, ends = sequences.to(self.device), ends.to(self.device)
+        start = self.lengths
+        ids, counts = ragged_slices(sequences, start, ends, pad_id)  # (B', T), (B',)
+        if ids.shape[1] == 0:
+            return None
+        last = (counts - 1).clamp_min(0)[:, None]  # (B', 1)
+        # A read that needs no logits is a prefill: once per generation, of any length, so not worth a compiled
+        # shape (and a short prompt would otherwise meet a new one).
+        logits = self._forward(ids, 0, last, compiled=need_logits)  # (B', 1, V)
+        self.rollback(start + counts)
+        return logits[:, 0] if need_logits else None
+
+    def _shrink(self) -> None:
+        """Move ``size`` back to just past the last slot any row still uses."""
+        used = self.slot_mask[:, : self.size].any(dim=0).nonzero()
+        self.size = int(used[-1]) + 1 if used.numel() else 0
+
+    def _compact(self) -> None:
+        """Move every row's real slots to the front, in order (rare: only when holes would overflow the buffer)."""
+        order = torch.argsort((~self.slot_mask).to(torch.int8), dim=1, stable=True)  # (B, S_max): real first
+        for k_cache, v_cache in self.decoder.caches():
+            index = order[:, None, :, None].expand_as(k_cache)
+            k_cache.copy_(k_cache.gather(2, index))
+            v_cache.copy_(v_cache.gather(2, index))
+        lengths = self.slot_mask.sum(dim=1)
+        self.slot_mask = self._slot_ids[None, :] < lengths[:, None]
+        self.size = int(lengths.max()) if lengths.numel() else 0
+
+
+def compile_options(device: torch.device, compile) -> dict:
+    """torch.compile arguments for a decode step on ``device``.
+
+    CPU: inductor with frozen weights and max-autotune, which lets inductor pick its own C++ micro-GEMM for the
+    small-row matmuls of a decode step (measured 2-3x faster than MKL's sgemm/sgemv at 1-17 rows, see
+    docs/engine.md). CUDA: CUDA graphs (``reduce-overhead``): a decode step is launch-bound.
+    """
+    if isinstance(compile, str):
+        return {"backend": compile}
+    if device.type == "cuda":
+        return {"mode": "reduce-overhead"}
+    return {"inductor_config": {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN",
+                                "autotune_num_choices_displayed": 0}}  # no per-GEMM tables on the terminal

@@ -1,0 +1,94 @@
+"""One speculative step: propose -> verify -> accept -> commit (paper Algorithm 1, lines 3-13, for a batch).
+
+Every method is this step: AR is the step with no draft tokens (k = 0, one target pass, one token committed).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .adaptive import VerifyLengthChooser
+from .lm import LanguageModel
+from .proposers import Proposer
+from .sampling import SamplingConfig, logits_to_probs
+from .verify import greedy_accept, rejection_sample
+
+
+@dataclass
+class StepResult:
+    """What one step committed.
+
+    k: draft tokens verified (the same for every row); accepted (B,): a, draft tokens each row accepted;
+    new_tokens (B, k+1): the step's tokens per row (the first a + 1 are committed: accepted drafts, then the
+    target's correction or bonus token); lengths (B,): committed tokens per row afterwards; confidence (B, k_max)
+    the draft's q(d_i) when `-k auto` asked for it; draft_seconds / verify_seconds: wall-clock of both phases.
+    """
+
+    k: int
+    accepted: torch.Tensor
+    new_tokens: torch.Tensor
+    lengths: torch.Tensor
+    confidence: torch.Tensor | None
+    draft_seconds: float
+    verify_seconds: float
+
+
+def speculative_step(
+    target: LanguageModel,
+    proposer: Proposer | None,
+    chooser: VerifyLengthChooser | None,
+    sequences: torch.Tensor,
+    lengths: torch.Tensor,
+    k: int,
+    sampling: SamplingConfig,
+    generator: torch.Generator | None,
+) -> StepResult:
+    """Draft up to k tokens per row, verify them in one target pass, commit the accepted prefix + one token.
+
+    sequences (B, L) holds row i's committed tokens at [0, lengths[i]) and receives the step's tokens in place.
+    Invariant kept: the target's cache holds every committed token but each row's last one, which opens the
+    verification pass [x_last, d_1..d_k] -> k + 1 target distributions (the proposer's cache holds at most that).
+    """
+    device = sequences.device
+    tick = time.perf_counter()
+    proposal = offered = None
+    if proposer is not None and k > 0 and (chooser is None or chooser.drafting()):
+        extra = {"keep_drafting": chooser.keep_drafting} if chooser is not None and chooser.per_token_draft else {}
+        offered = proposer.propose(sequences, lengths, k, sampling, generator, **extra)
+        synchronize(device)
+        k = chooser.choose(offered.confidence) if chooser is not None else offered.draft_ids.shape[1]
+        proposal = offered.first(k) if k > 0 else None
+    else:
+        k = 0
+    draft_ids = proposal.draft_ids.to(device) if proposal is not None else sequences.new_empty(len(lengths), 0)
+    tock = time.perf_counter()
+
+    last = sequences.gather(1, (lengths - 1)[:, None])  # (B, 1)
+    logits = target.forward(torch.cat([last, draft_ids], dim=1))  # (B, k+1, V)
+    if sampling.greedy:
+        accepted, next_token = greedy_accept(draft_ids, logits)  # Eq. 1 with the argmax as target
+    else:
+        p = logits_to_probs(logits, sampling)  # (B, k+1, V)
+        q = proposal.draft_probs.to(device) if proposal is not None else p[:, :0]
+        accepted, next_token = rejection_sample(draft_ids, q, p, generator)  # Eq. 2
+    # Commit: the target keeps x_last + the accepted drafts; the proposer keeps what it read correctly.
+    target.rollback(lengths + accepted)
+    new_tokens = torch.cat([draft_ids, draft_ids.new_zeros(len(lengths), 1)], dim=1)  # (B, k+1)
+    new_tokens.scatter_(1, accepted[:, None], next_token[:, None])
+    write_at = lengths[:, None] + torch.arange(k + 1, device=device)  # (B, k+1)
+    sequences.scatter_(1, write_at, new_tokens)
+    if proposer is not None:
+        proposer.rollback(lengths + accepted)
+    synchronize(device)
+    confidence = offered.confidence if offered is not None else None
+    return StepResult(k, accepted, new_tokens, lengths + accepted + 1, confidence, tock - tick,
+                      time.perf_counter() - tock)
+
+
+def synchronize(device: torch.device) -> None:
+    """Make wall-clock timings honest on asynchronous devices (no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
