@@ -75,15 +75,18 @@ def measure(n: int, sweep: Sweep, weights, transposed, compile: bool) -> dict[st
     if compile:
         import torch._inductor.config as inductor
 
+        from pard.decoding.static import compile_options
+
+        engine_config = compile_options(torch.device("cpu"), True)["inductor_config"]  # what the engine compiles with
         for name, autotune in [("inductor, frozen weights", False),
                                ("inductor, frozen, max-autotune C++ micro-GEMM", True)]:
             torch._dynamo.reset()
-            with inductor.patch(freezing=True, max_autotune=autotune, max_autotune_gemm_backends="CPP,ATEN",
-                                autotune_num_choices_displayed=0, max_autotune_report_choices_stats=False):
+            with inductor.patch({**engine_config, "max_autotune": autotune}):
                 compiled = torch.compile(sweep, dynamic=False)
                 compiled(x[576], x[1536])
             timings[name] = median_ms(lambda: compiled(x[576], x[1536]))  # noqa: B023 (called before the next)
     return timings
+
 
 if __name__ == "__main__":
     main()

@@ -268,7 +268,7 @@ def compile_options(device: torch.device, compile) -> dict:
     """torch.compile arguments for a decode step on ``device``.
 
     CPU: inductor with frozen weights and max-autotune, which lets inductor pick its own C++ micro-GEMM for the
-    small-row matmuls of a decode step (2.5x faster than ``F.linear`` at 1 row, 1.8x at 9, on par at 17: see
+    small-row matmuls of a decode step (2.4x faster than ``F.linear`` at 1 row, 1.6x at 9, 1.2x at 17: see
     docs/small_row_matmul.py and the README). CUDA: CUDA graphs (``reduce-overhead``): a decode step is launch-bound.
     """
     if isinstance(compile, str):
