@@ -56,21 +56,57 @@ def test_calibration_learns_from_what_was_accepted():
     assert c.choose(conf(*[0.9] * 8)) == 0
 
 
-def test_switches_off_after_losing_and_probes_with_backoff():
-    c = chooser({1: 0.1, 9: 0.2})
-    for _ in range(PATIENCE):
+def run_drafting_steps(c: VerifyLengthChooser, steps: int, seconds: float, accepted: int = 0) -> None:
+    for _ in range(steps):
         assert c.drafting()
-        c.observe(0, conf(*[0.01] * 8), torch.tensor([0]), 0.01, 0.1)  # drafted, chose plain decoding
+        c.observe(1, conf(0.5), torch.tensor([accepted]), 0.01, seconds - 0.01)
+
+
+def count_plain_steps(c: VerifyLengthChooser) -> int:
     skipped = 0
     while not c.drafting():
         skipped += 1
         c.observe(0, None, torch.tensor([0]), 0.0, 0.1)
-    assert skipped == OFF_STEPS  # ...then one probe; it loses again: twice as long off
-    c.observe(0, conf(*[0.01] * 8), torch.tensor([0]), 0.01, 0.1)
-    skipped = 0
-    while not c.drafting():
-        skipped += 1
-    assert skipped == 2 * OFF_STEPS
+    return skipped
+
+
+def test_switches_off_when_drafting_measurably_loses_and_probes_with_backoff():
+    c = chooser({1: 0.1, 2: 0.1})  # plain decoding: 1 token per 0.1 s
+    run_drafting_steps(c, PATIENCE - 1, seconds=0.15)  # 1 token per 0.15 s: losing, but not judged yet
+    assert c.drafting() and not c.switched_off
+    c.observe(1, conf(0.5), torch.tensor([0]), 0.01, 0.14)
+    assert c.switched_off
+    assert count_plain_steps(c) == OFF_STEPS
+    run_drafting_steps(c, PATIENCE - 1, seconds=0.15)  # the probe lasts PATIENCE steps...
+    c.observe(1, conf(0.5), torch.tensor([0]), 0.01, 0.14)
+    assert count_plain_steps(c) == 2 * OFF_STEPS  # ...and still loses: twice as long off
+    run_drafting_steps(c, 2 * PATIENCE, seconds=0.12, accepted=1)  # 2 tokens per 0.12 s: drafting wins again
+    assert not c.switched_off and c.backoff == OFF_STEPS
+
+
+def test_a_draft_pass_wasted_on_plain_verification_counts_against_drafting():
+    c = chooser({1: 0.1, 9: 0.1}, draft=0.05)
+    for _ in range(PATIENCE):  # the draft is unsure every time: each step drafts, then verifies nothing
+        assert c.drafting() and c.choose(conf(*[0.01] * 8)) == 0
+        c.observe(0, conf(*[0.01] * 8), torch.tensor([0]), 0.05, 0.1)
+    assert c.switched_off  # 1 token per 0.15 s against 1 per 0.1 s
+
+
+def test_the_switch_back_is_priced_as_an_ordinary_draft_pass():
+    c = chooser({1: 0.1, 2: 0.1}, draft=0.01)
+    c.off_for = 1
+    assert not c.drafting()
+    c.observe(0, None, torch.tensor([0]), 0.0, 0.1)
+    assert c.drafting()  # the probe's first pass reads everything decoded meanwhile: 1 s instead of 0.01
+    c.observe(1, conf(0.9), torch.tensor([1]), 1.0, 0.1)
+    assert c.drafting_seconds == pytest.approx(0.11) and c.draft_seconds == pytest.approx(0.01)
+
+
+def test_switched_off_carries_over_to_the_next_call():
+    c = chooser({1: 0.1, 2: 0.1})
+    c.off_for = 5
+    c.new_generation()
+    assert c.switched_off and c.catching_up
 
 
 def test_vsd_stops_drafting_when_the_next_token_does_not_pay():
@@ -124,3 +160,18 @@ def test_what_auto_learned_carries_over_to_the_next_call(target):
     out = decoder.generate(PROMPTS[:1], max_new_tokens=12)
     assert decoder._choosers[1] is learned and learned.tried.sum().item() >= tried and learned.draft_seconds
     assert out.sequences == [hf_greedy(target, PROMPTS[0], 12)]
+
+
+def test_a_call_that_starts_switched_off_does_not_read_its_prompt_into_the_draft(target, monkeypatch):
+    from pard.decoding.proposers.parallel import ParallelDraftProposer
+
+    draft = noisy_copy(target, 0.02, seed=9)
+    draft.config.pard_token, draft.config.spd_type = 258, "pard"
+    decoder = SpeculativeDecoder(target, draft, method="pard", num_draft_tokens="auto", max_draft_tokens=4)
+    decoder.generate(PROMPTS[:1], max_new_tokens=6)
+    prefills = []
+    monkeypatch.setattr(ParallelDraftProposer, "prefill", lambda self, *args: prefills.append(args))
+    decoder._choosers[1].off_for = 10  # as if drafting had just lost
+    out = decoder.generate(PROMPTS[1:2], max_new_tokens=12)
+    assert prefills == [] and out.stats.draft_forwards >= 1  # 10 plain steps, then a probe reads everything
+    assert out.sequences == [hf_greedy(target, PROMPTS[1], 12)]

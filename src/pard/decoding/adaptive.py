@@ -9,17 +9,22 @@ second, summed over the rows of the batch:
     rate(k)       = sum_rows E[tokens | k] / (T_draft + T(k + 1))          rate(0) = B / T(1)  (no draft pass)
 
 alpha_j is the draft's confidence q_j calibrated online: for each position and confidence bin, the acceptance
-rate observed so far, with the raw confidence as a prior worth PRIOR_WEIGHT observations. T(n) is measured on the
-passes themselves (an exponential moving average per n; an unmeasured n is assumed as cheap as the largest
-measured size below it, so it gets tried once), so a busy machine or a shrinking batch shows up in the next
-choice. Verification is untouched: the output is exactly that of any
+rate observed so far, with the raw confidence as a prior worth PRIOR_WEIGHT observations. T(n) starts as a latency
+profile measured before the first step (the median of PROFILE_REPEATS target passes of each width 1..K_max + 1 over
+the prompt just read: a single early pass can be several times too slow, and a width judged too costly once would
+never be tried again), then follows the passes themselves (an exponential moving average per n), so a busy machine
+or a shrinking batch shows up in the next choice. Verification is untouched: the output is exactly that of any
 fixed K (speculative decoding is lossless for every k).
 
-What is learned carries over between generate calls of one decoder (per batch size); the on/off schedule restarts
-with each call.
+What is learned carries over between generate calls of one decoder (per batch size), the on/off schedule included.
 
-Switching off: when plain decoding wins PATIENCE steps in a row, the engine stops drafting and decodes alone; it
-probes again after OFF_STEPS steps, an interval that doubles each time a probe still loses.
+Switching off is judged on measured rates, not on the model above: the engine keeps an exponential moving average
+of what drafting steps actually commit per row and what they cost (the draft pass included, also when the step then
+verified nothing), and compares it with plain decoding, 1 token per row per T(1). Once drafting has run PATIENCE
+steps and loses, the engine decodes plainly for OFF_STEPS steps, then probes for PATIENCE steps; each probe that
+still loses doubles the pause (up to MAX_OFF_STEPS), a winning one resets it. While it is off, a new generate call
+does not even read its prompt into the draft: the probe's first pass reads everything at once, and that catch-up
+pass is priced as an ordinary draft pass (it is the cost of switching, not of drafting).
 
 For autoregressive drafts (vsd) the same model stops drafting early: after j tokens, one more is drafted only if
 the expected rate with it (the position's mean calibrated acceptance standing in for its unknown confidence) beats
@@ -28,13 +33,20 @@ stopping at j — the cost-aware counterpart of transformers' fixed confidence t
 
 from __future__ import annotations
 
+import statistics
+import time
+
 import torch
+
+from .lm import PAD_ID, LanguageModel
 
 BINS = 10
 PRIOR_WEIGHT = 4.0
 EMA = 0.3
-PATIENCE = 3
+PATIENCE = 4  # drafting steps an on-period (or a probe) lasts before drafting is judged against plain decoding
 OFF_STEPS = 8
+MAX_OFF_STEPS = 64  # a pause outlasting a few prompts would keep drafting off on text where it pays
+PROFILE_REPEATS = 3
 
 
 class VerifyLengthChooser:
@@ -48,23 +60,57 @@ class VerifyLengthChooser:
         self.tried = torch.zeros(k_max, BINS)
         self.verify_seconds: dict[int, float] = {}  # n tokens -> T(n), EMA
         self.draft_seconds: float | None = None  # per draft pass (pard: the whole proposal)
-        self.losing_streak = 0
+        self.drafting_tokens: float | None = None  # EMA of tokens committed per row by a drafting step
+        self.drafting_seconds: float | None = None  # EMA of a drafting step's seconds (draft pass + verification)
+        self.on_steps = 0  # drafting steps since drafting was last switched on
         self.off_for = 0  # steps left without drafting
         self.backoff = OFF_STEPS
-        self.probing = False
+        self.catching_up = False  # the next draft pass also reads the tokens decoded without it
 
     def new_generation(self) -> None:
-        """A new generate call: keep what was learned (calibration, pass costs), restart the on/off schedule."""
-        self.losing_streak, self.off_for, self.backoff, self.probing = 0, 0, OFF_STEPS, False
+        """A new generate call: everything learned carries over; the draft's cache starts empty, so while drafting
+        is off its first pass will read the prompt (see :attr:`switched_off`)."""
+        self.catching_up = self.switched_off
+
+    def profile(self, target: LanguageModel, sync=lambda: None) -> None:
+        """Measure T(n), n = 1..K_max + 1, on ``target`` as it stands (its cache is left as it was), once."""
+        if len(self.verify_seconds) > self.k_max:
+            return
+        lengths = target.lengths.clone()  # (B,)
+        for n in range(1, self.k_max + 2):
+            ids = torch.full((len(lengths), n), PAD_ID, dtype=torch.long, device=target.device)  # (B, n)
+            seconds = []
+            for _ in range(PROFILE_REPEATS + 1):  # + 1: a shape's first pass warms it up (or compiles it)
+                started = time.perf_counter()
+                target.forward(ids)
+                target.rollback(lengths)
+                sync()
+                seconds.append(time.perf_counter() - started)
+            self.verify_seconds[n] = statistics.median(seconds[1:])
+
+    @property
+    def switched_off(self) -> bool:
+        """Plain decoding for the next step(s): the engine need not even read a new prompt into the draft."""
+        return self.off_for > 0
 
     # ----------------------------------------------------------------------------------------------- decisions
     def drafting(self) -> bool:
         """Should this step draft at all?"""
         if self.off_for > 0:
             self.off_for -= 1
-            self.probing = self.off_for == 0
+            self.catching_up = True
             return False
         return True
+
+    def drafting_rate(self) -> float | None:
+        """Measured tokens per row per second of drafting steps (None before any)."""
+        if self.drafting_seconds is None:
+            return None
+        return self.drafting_tokens / self.drafting_seconds
+
+    def plain_rate(self) -> float | None:
+        """Tokens per row per second of plain decoding: 1 / T(1) (None before T(1) was measured)."""
+        return 1.0 / self.verify_seconds[1] if 1 in self.verify_seconds else None
 
     @staticmethod
     def _cells(confidence: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -136,33 +182,41 @@ class VerifyLengthChooser:
     def observe(self, k: int, confidence: torch.Tensor | None, accepted: torch.Tensor, draft_seconds: float,
                 verify_seconds: float) -> None:
         """Learn from one step: which of the k verified positions were accepted (accepted (B,)), and its timings."""
-        n = k + 1
-        old = self.verify_seconds.get(n)
-        self.verify_seconds[n] = verify_seconds if old is None else (1 - EMA) * old + EMA * verify_seconds
-        catching_up = self.probing  # the first draft after a pause also reads every token decoded meanwhile
-        if confidence is not None and confidence.shape[1] > 0 and not catching_up:
+        self.verify_seconds[k + 1] = _ema(self.verify_seconds.get(k + 1), verify_seconds)
+        drafted = confidence is not None
+        if not drafted:
+            return  # a plain step (switched off) says nothing about the draft
+        # The first pass after a pause also read every token decoded meanwhile: price it as an ordinary pass.
+        if self.catching_up and self.draft_seconds is not None:
+            draft_seconds = self.draft_seconds * (max(k, 1) if self.per_token_draft else 1)
+        elif confidence.shape[1] > 0:
             per_pass = draft_seconds / (confidence.shape[1] if self.per_token_draft else 1)
-            old = self.draft_seconds
-            self.draft_seconds = per_pass if old is None else (1 - EMA) * old + EMA * per_pass
-        if k > 0 and confidence is not None:
+            self.draft_seconds = _ema(self.draft_seconds, per_pass)
+        self.catching_up = False
+        if k > 0:
             _, pos, bins = self._cells(confidence[:, :k])
             a = accepted.detach().cpu()[:, None]  # (B, 1)
             reached = pos <= a  # position i was judged iff all before it were accepted
             self.tried.index_put_((pos[reached], bins[reached]), torch.ones(int(reached.sum())), accumulate=True)
             won = pos < a
             self.accepted.index_put_((pos[won], bins[won]), torch.ones(int(won.sum())), accumulate=True)
-        self._schedule(k, probed=confidence is not None)
+        tokens_per_row = float(accepted.float().mean()) + 1.0
+        self.drafting_tokens = _ema(self.drafting_tokens, tokens_per_row)
+        self.drafting_seconds = _ema(self.drafting_seconds, draft_seconds + verify_seconds)
+        self._schedule()
 
-    def _schedule(self, k: int, probed: bool) -> None:
-        if not probed:
-            return  # a step without drafting (switched off) says nothing about the draft
-        was_probe, self.probing = self.probing, False
-        if k > 0:
-            self.losing_streak, self.backoff = 0, OFF_STEPS
+    def _schedule(self) -> None:
+        """After a drafting step: keep drafting, or pause it when it measurably loses to plain decoding."""
+        self.on_steps += 1
+        plain = self.plain_rate()
+        if plain is None or self.on_steps < PATIENCE:
             return
-        self.losing_streak += 1
-        if was_probe:  # switched back on to probe, and plain decoding still wins: stay off twice as long
-            self.backoff *= 2
-        elif self.losing_streak < PATIENCE:
+        if self.drafting_rate() >= plain:
+            self.backoff = OFF_STEPS
             return
-        self.off_for, self.losing_streak = self.backoff, 0
+        self.off_for, self.on_steps = self.backoff, 0
+        self.backoff = min(2 * self.backoff, MAX_OFF_STEPS)
+
+
+def _ema(old: float | None, new: float) -> float:
+    return new if old is None else (1 - EMA) * old + EMA * new

@@ -214,22 +214,25 @@ class SpeculativeDecoder:
         compiling = self._lms.compile_seconds()
         target = self._lms.open(engine, "target", self.target, batch_size, capacity, self._target_buckets())
         proposer = self._make_proposer(engine, batch_size, capacity)
+        chooser = None
+        if self.adaptive and proposer is not None:
+            # What -k auto learned (calibration, pass costs, whether drafting pays) carries over to the next
+            # generate call of the same batch size: short generations would otherwise spend most of their steps
+            # finding their feet.
+            if batch_size not in self._choosers:
+                self._choosers[batch_size] = VerifyLengthChooser(self.num_draft_tokens, self.method == "vsd")
+            chooser = self._choosers[batch_size]
+            chooser.new_generation()
         target.feed(sequences, lengths - 1, PAD_ID, need_logits=False)
-        if proposer is not None:
-            proposer.prefill(sequences, lengths)
+        if chooser is not None:
+            chooser.profile(target, lambda: synchronize(device))  # T(1..K+1): the first call of a batch size only
+        if proposer is not None and (chooser is None or not chooser.switched_off):
+            proposer.prefill(sequences, lengths)  # while -k auto decodes plainly, its first probe reads the prompt
         synchronize(device)
         stats.engine = engine
         stats.compile_seconds = self._lms.compile_seconds() - compiling
         stats.prefill_seconds = time.perf_counter() - started - stats.compile_seconds
 
-        chooser = None
-        if self.adaptive and proposer is not None:
-            # What -k auto learned (calibration, pass costs) carries over to the next generate call of the same
-            # batch size: short generations would otherwise spend most of their steps finding their feet.
-            if batch_size not in self._choosers:
-                self._choosers[batch_size] = VerifyLengthChooser(self.num_draft_tokens, self.method == "vsd")
-            chooser = self._choosers[batch_size]
-            chooser.new_generation()
         while len(rows):
             # Draft no further than the longest remaining budget needs: k + 1 tokens come out of a full accept.
             k = min(self.num_draft_tokens, int(remaining.max()) - 1)
