@@ -5,6 +5,10 @@ traces with the ``eager`` backend (seconds); the equality and distribution tests
 are marked slow (compiling takes 10-130 s per model on 2 cores, less once inductor's on-disk cache is warm).
 """
 
+import copy
+import gc
+import weakref
+
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
@@ -58,6 +62,46 @@ def test_no_recompilation_after_warm_up(target, random_draft, random_pard_draft,
         assert out.stats.compile_seconds == 0
         assert out.sequences == [hf_greedy(target, p, budget) for p in prompts]
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+
+
+def test_decoders_over_one_model_share_its_compiled_steps(target, random_pard_draft, monkeypatch):
+    """A benchmark builds a decoder per method and K: the second one over the same models compiles only the pass
+    widths the first did not meet, and a third asking for nothing new compiles nothing."""
+    monkeypatch.setattr(static, "compile_options", lambda device, compile: {"backend": "eager"})
+    torch._dynamo.reset()
+    target, draft = copy.deepcopy(target), copy.deepcopy(random_pard_draft)  # no caches kept by other tests
+    assert engines.kept_static_lms(target) == {}  # a copy does not carry them either
+
+    def run(method, k):
+        decoder = SpeculativeDecoder(target, draft, method=method, num_draft_tokens=k, engine="compiled")
+        out = decoder.generate(PROMPTS, max_new_tokens=MAX_NEW)
+        assert out.sequences == [hf_greedy(target, p, MAX_NEW) for p in PROMPTS]
+        return out.stats.compile_seconds, torch._dynamo.utils.counters["stats"]["unique_graphs"]
+
+    assert run("pard", 4)[0] > 0
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    assert run("ar", 1) == (0, graphs)  # the target's 1-token step was compiled by the pard decoder
+    seconds, more_graphs = run("pard", 2)  # new widths: the target's 3-token pass, the draft's 2- and 3-token ones
+    assert seconds > 0 and more_graphs > graphs
+    assert run("pard", 2) == (0, more_graphs)
+    kept = engines.kept_static_lms(target)
+    assert list(kept) == [("target", len(PROMPTS), True)] and kept[("target", len(PROMPTS), True)].buckets == (1, 3, 5)
+
+
+def test_kept_caches_survive_a_dynamo_reset_and_die_with_their_model(monkeypatch):
+    monkeypatch.setattr(static, "compile_options", lambda device, compile: {"backend": "eager"})
+    model = tiny_model("llama", seed=5)
+    decoder = SpeculativeDecoder(model, method="ar", engine="compiled")
+    expected = [hf_greedy(model, p, MAX_NEW) for p in PROMPTS]
+    assert decoder.generate(PROMPTS, max_new_tokens=MAX_NEW).sequences == expected
+    torch._dynamo.reset()  # the graphs the kept cache had compiled are gone: the next pass compiles them again
+    again = decoder.generate(PROMPTS, max_new_tokens=MAX_NEW)
+    assert again.sequences == expected and again.stats.compile_seconds > 0
+    kept = weakref.ref(engines.kept_static_lms(model)[("target", len(PROMPTS), True)])
+    del decoder, model
+    torch._dynamo.reset()
+    gc.collect()
+    assert kept() is None
 
 
 @pytest.mark.slow

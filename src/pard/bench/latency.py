@@ -16,8 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..decoding.cache import CachedLM
-from ..decoding.static import StaticLM, round_up
+from ..decoding.engines import open_lm
 from ..errors import InvalidArgumentError
 from ..files import atomic_write_text
 from ..models import load_model
@@ -38,14 +37,6 @@ class LatencyConfig:
     output: str = "bench-results/latency"
     seed: int = 0
     tokens: list[int] = field(default_factory=list)  # the n to time (default 1..max_tokens)
-
-
-def open_lm(model, config: LatencyConfig):
-    """The LM under test: the engine's dynamic cache, or a static cache with one (compiled) shape per n."""
-    if config.engine == "eager":
-        return CachedLM(model, config.batch_size)
-    capacity = round_up(config.context + 2 * config.max_tokens, 256)
-    return StaticLM(model, config.batch_size, capacity, buckets=config.tokens, compile=config.engine == "compiled")
 
 
 def forward_seconds(model, lm, n: int, config: LatencyConfig, generator: torch.Generator) -> float:
@@ -79,10 +70,11 @@ def run_latency(config: LatencyConfig) -> dict:
     results = {}
     for spec in config.models:
         model = load_model(spec, dtype=config.dtype, device=config.device)
-        lm = open_lm(model, config)
+        # The engine's own caches (a static one with one compiled shape per n), made for a context + n tokens.
+        lm = open_lm(config.engine, "target", model, config.batch_size, config.context, tuple(config.tokens))
         ms = [forward_seconds(model, lm, n, config, generator) * 1000 for n in config.tokens]
         results[spec] = {"ms": [round(t, 3) for t in ms], "ratio": [round(t / ms[0], 3) for t in ms],
-                         "compile_seconds": round(getattr(lm, "compile_seconds", 0.0), 1)}
+                         "compile_seconds": round(lm.compile_seconds, 1)}
         del model
     summary = {"config": asdict(config), "machine": machine_info(), "load_average": load, "results": results}
     out = Path(config.output)

@@ -23,6 +23,8 @@ from .lm import PAD_ID, ragged_slices
 class CachedLM:
     """``model`` + a ``DynamicCache`` + the slot mask. All tensors live on the model's device."""
 
+    compile_seconds = 0.0  # nothing is compiled on this path
+
     def __init__(self, model: PreTrainedModel, batch_size: int):
         self.model = model
         self.device = model.device

@@ -23,8 +23,8 @@ from ..mask_tokens import mask_token_ids_of
 from ..models import context_window
 from ..vocab import check_compatible, vocab_size
 from .adaptive import VerifyLengthChooser
-from .engines import LMPool, check_engine, resolve_engine
-from .lm import PAD_ID
+from .engines import check_engine, open_lm, resolve_engine
+from .lm import PAD_ID, LanguageModel
 from .proposers import AutoregressiveDraftProposer, ParallelDraftProposer, Proposer
 from .sampling import SamplingConfig
 from .stats import GenerationStats
@@ -103,7 +103,6 @@ class SpeculativeDecoder:
         self.engine = check_engine(engine)
         self.expected_tokens = expected_tokens
         self._resolved_engine: str | None = None
-        self._lms = LMPool()  # static caches and compiled steps, kept across generate calls
         windows = [w for w in (context_window(target), self.draft and context_window(self.draft)) if w]
         self.context_window = min(windows) if windows else None
 
@@ -123,15 +122,14 @@ class SpeculativeDecoder:
             widths |= {2 ** j + 1 for j in range(self.num_draft_tokens.bit_length()) if 2**j < self.num_draft_tokens}
         return tuple(sorted(widths))
 
-    def _make_proposer(self, engine: str, batch_size: int, capacity: int) -> Proposer | None:
-        if self.method == "ar":
-            return None
+    def _draft_buckets(self) -> tuple[int, ...]:
+        """Draft pass widths compiled."""
         k = self.num_draft_tokens
         if self.method == "vsd":  # one token per pass, after a first pass over the 1..k+1 tokens accepted last step
-            buckets = (1, 2, 4, k + 1) if k > 3 else (1, k + 1)
-        else:  # pard: the 1..k+1 unread tokens + k-1 masks; k logits
-            buckets = (1, k, (3 * k) // 2, 2 * k)
-        lm = self._lms.open(engine, "draft", self.draft, batch_size, capacity, tuple(b for b in buckets if b > 0))
+            return (1, 2, 4, k + 1) if k > 3 else (1, k + 1)
+        return tuple(b for b in (1, k, (3 * k) // 2, 2 * k) if b > 0)  # pard: 1..k+1 unread tokens + k-1 masks
+
+    def _make_proposer(self, lm: LanguageModel, batch_size: int) -> Proposer:
         target_vocab = vocab_size(self.target)
         if self.method == "vsd":
             return AutoregressiveDraftProposer(self.draft, target_vocab, batch_size, self.adaptive, lm)
@@ -211,9 +209,12 @@ class SpeculativeDecoder:
         if streamer is not None:
             streamer.put(torch.tensor(prompts[0]))
         engine = self._engine_for(sum(budgets))
-        compiling = self._lms.compile_seconds()
-        target = self._lms.open(engine, "target", self.target, batch_size, capacity, self._target_buckets())
-        proposer = self._make_proposer(engine, batch_size, capacity)
+        target = open_lm(engine, "target", self.target, batch_size, capacity, self._target_buckets())
+        draft = None if self.method == "ar" else open_lm(engine, "draft", self.draft, batch_size, capacity,
+                                                         self._draft_buckets())
+        proposer = self._make_proposer(draft, batch_size) if draft is not None else None
+        lms = [target] + ([draft] if draft is not None else [])
+        compiling = sum(lm.compile_seconds for lm in lms)
         chooser = None
         if self.adaptive and proposer is not None:
             # What -k auto learned (calibration, pass costs, whether drafting pays) carries over to the next
@@ -230,17 +231,17 @@ class SpeculativeDecoder:
             proposer.prefill(sequences, lengths)  # while -k auto decodes plainly, its first probe reads the prompt
         synchronize(device)
         stats.engine = engine
-        stats.compile_seconds = self._lms.compile_seconds() - compiling
+        stats.compile_seconds = sum(lm.compile_seconds for lm in lms) - compiling
         stats.prefill_seconds = time.perf_counter() - started - stats.compile_seconds
 
         while len(rows):
             # Draft no further than the longest remaining budget needs: k + 1 tokens come out of a full accept.
             k = min(self.num_draft_tokens, int(remaining.max()) - 1)
-            compiling = self._lms.compile_seconds("draft"), self._lms.compile_seconds("target")
+            compiling = draft.compile_seconds if draft is not None else 0.0, target.compile_seconds
             step = speculative_step(target, proposer, chooser, sequences, lengths, k, sampling, generator)
             # A shape met for the first time compiles inside its pass: that is not decoding time.
-            draft_compile = self._lms.compile_seconds("draft") - compiling[0]
-            target_compile = self._lms.compile_seconds("target") - compiling[1]
+            draft_compile = draft.compile_seconds - compiling[0] if draft is not None else 0.0
+            target_compile = target.compile_seconds - compiling[1]
             compiled = draft_compile + target_compile
             k, accepted, new_tokens, lengths = step.k, step.accepted, step.new_tokens, step.lengths
             stats.compile_seconds += compiled

@@ -8,13 +8,15 @@
   enough to pay back compilation (``COMPILE_PAYS_TOKENS``); ``eager`` otherwise (CUDA graphs were not yet
   measured against eager on a GPU, so CUDA stays eager until they are).
 
-Static caches and their compiled steps live in an :class:`LMPool` owned by the decoder, so the next ``generate``
-call of the same batch size reuses them instead of compiling again.
+Static caches and their compiled steps are kept with the model (:func:`open_lm`), so the next ``generate`` call of
+the same batch size -- of this decoder or of any other over the same model -- reuses them instead of compiling
+again.
 """
 
 from __future__ import annotations
 
 import shutil
+import weakref
 
 from transformers import PreTrainedModel
 
@@ -63,36 +65,39 @@ def has_cxx_compiler() -> bool:
     return any(shutil.which(cxx) for cxx in ("g++", "c++", "clang++"))
 
 
-class LMPool:
-    """Opens the language model of each role (``"target"``, ``"draft"``) for one generation on one engine path.
+# A model's static caches, kept for as long as the model lives (a StaticLM holds its submodules, not the model, so
+# the entry goes when the model does); the model object itself is left untouched (copies and pickles stay clean).
+_STATIC_LMS: weakref.WeakKeyDictionary[PreTrainedModel, dict[tuple[str, int, bool], StaticLM]] = (
+    weakref.WeakKeyDictionary()
+)
 
-    Static caches are kept per (role, batch size) and reset between generations; a generation that needs more
-    slots than the kept cache has gets a bigger one (its compiled steps are compiled once more).
+
+def open_lm(
+    engine: str, role: str, model: PreTrainedModel, batch_size: int, capacity: int, buckets: tuple[int, ...]
+) -> LanguageModel:
+    """The language model of ``role`` (``"target"``, ``"draft"``) for one generation on one engine path.
+
+    ``eager`` opens a fresh :class:`CachedLM`. The static paths keep one :class:`StaticLM` per (role, batch size,
+    compiled) for as long as the model lives, so every decoder over the same model -- a benchmark's methods and K values, a user
+    trying settings in a notebook -- reuses its buffers and compiled steps: a pass width met before never compiles
+    again, a new one (``buckets`` it lacks) compiles once, and only a generation needing more slots than the kept
+    cache has gets a bigger one (compiled anew). One model's static caches serve one generation at a time.
     """
+    if engine == "eager":
+        return CachedLM(model, batch_size)
+    compiled = engine == "compiled"
+    kept = _STATIC_LMS.setdefault(model, {})
+    key = (role, batch_size, compiled)
+    lm = kept.get(key)
+    if lm is None or lm.capacity < capacity + max(buckets):
+        capacity = round_up(capacity + max(buckets), CAPACITY_STEP)  # + one pass, padded
+        lm = kept[key] = StaticLM(model, batch_size, capacity, buckets, compile=compiled)
+    else:
+        lm.reset()
+        lm.add_buckets(buckets)
+    return lm
 
-    def __init__(self):
-        self._static: dict[tuple[str, int], StaticLM] = {}
-        self._retired_compile_seconds: dict[str, float] = {}  # of caches replaced by bigger ones, per role
 
-    def open(
-        self, engine: str, role: str, model: PreTrainedModel, batch_size: int, capacity: int, buckets: tuple[int, ...]
-    ) -> LanguageModel:
-        if engine == "eager":
-            return CachedLM(model, batch_size)
-        compile = engine == "compiled"
-        lm = self._static.get((role, batch_size))
-        fits = lm is not None and lm.capacity >= capacity + max(buckets) and lm.compiled == compile
-        if not fits or lm.buckets != tuple(sorted(set(buckets))):
-            if lm is not None:
-                self._retired_compile_seconds[role] = self._retired_compile_seconds.get(role, 0.0) + lm.compile_seconds
-            capacity = round_up(capacity + max(buckets), CAPACITY_STEP)  # + one pass, padded
-            lm = StaticLM(model, batch_size, capacity, buckets, compile=compile)
-            self._static[(role, batch_size)] = lm
-        else:
-            lm.reset()
-        return lm
-
-    def compile_seconds(self, role: str | None = None) -> float:
-        """Seconds spent compiling so far by the kept static caches (of ``role`` only, when given)."""
-        live = sum(lm.compile_seconds for (r, _), lm in self._static.items() if role in (None, r))
-        return live + sum(t for r, t in self._retired_compile_seconds.items() if role in (None, r))
+def kept_static_lms(model: PreTrainedModel) -> dict[tuple[str, int, bool], StaticLM]:
+    """The static caches kept for ``model``, by (role, batch size, compiled)."""
+    return dict(_STATIC_LMS.get(model, {}))

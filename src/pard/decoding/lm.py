@@ -22,6 +22,7 @@ class LanguageModel(Protocol):
     """A causal LM + its cache. All tensors live on ``device``."""
 
     device: torch.device
+    compile_seconds: float  # spent compiling its steps so far (0 for paths that compile nothing): not decoding time
 
     @property
     def lengths(self) -> torch.Tensor:
