@@ -5,7 +5,7 @@ import torch
 
 from helpers import PROMPTS, hf_greedy, noisy_copy
 from pard import SamplingConfig, SpeculativeDecoder
-from pard.decoding.adaptive import OFF_STEPS, PATIENCE, VerifyLengthChooser
+from pard.decoding.adaptive import EXPLORATION_BUDGET, MAX_OFF_STEPS, OFF_STEPS, PATIENCE, VerifyLengthChooser
 from pard.tiny import tiny_model
 
 
@@ -72,16 +72,26 @@ def count_plain_steps(c: VerifyLengthChooser) -> int:
 
 def test_switches_off_when_drafting_measurably_loses_and_probes_with_backoff():
     c = chooser({1: 0.1, 2: 0.1})  # plain decoding: 1 token per 0.1 s
-    run_drafting_steps(c, PATIENCE - 1, seconds=0.15)  # 1 token per 0.15 s: losing, but not judged yet
+    run_drafting_steps(c, PATIENCE - 1, seconds=0.101)  # 1 token per 0.101 s: losing, but not judged yet
     assert c.drafting() and not c.switched_off
-    c.observe(1, conf(0.5), torch.tensor([0]), 0.01, 0.14)
+    c.observe(1, conf(0.5), torch.tensor([0]), 0.01, 0.091)
     assert c.switched_off
-    assert count_plain_steps(c) == OFF_STEPS
-    run_drafting_steps(c, PATIENCE - 1, seconds=0.15)  # the probe lasts PATIENCE steps...
-    c.observe(1, conf(0.5), torch.tensor([0]), 0.01, 0.14)
+    assert count_plain_steps(c) == OFF_STEPS  # the probe was cheap: the backoff sets the pause
+    run_drafting_steps(c, PATIENCE - 1, seconds=0.101)  # the probe lasts PATIENCE steps...
+    c.observe(1, conf(0.5), torch.tensor([0]), 0.01, 0.091)
     assert count_plain_steps(c) == 2 * OFF_STEPS  # ...and still loses: twice as long off
     run_drafting_steps(c, 2 * PATIENCE, seconds=0.12, accepted=1)  # 2 tokens per 0.12 s: drafting wins again
     assert not c.switched_off and c.backoff == OFF_STEPS
+
+
+def test_a_costly_losing_probe_pauses_drafting_until_it_is_within_the_exploration_budget():
+    c = chooser({1: 0.1, 2: 0.1})
+    run_drafting_steps(c, PATIENCE, seconds=0.4)  # 1 token per 0.4 s: each step 0.3 s more than plain decoding
+    off = count_plain_steps(c)
+    assert off > MAX_OFF_STEPS  # far longer than the backoff alone would pause
+    lost, plain_time = PATIENCE * 0.3, off * 0.1
+    # the shortest such pause (one step of slack: the seconds are sums of floats)
+    assert lost <= EXPLORATION_BUDGET * plain_time <= lost + EXPLORATION_BUDGET * 0.1 + 1e-9
 
 
 def test_a_draft_pass_wasted_on_plain_verification_counts_against_drafting():

@@ -22,9 +22,14 @@ Switching off is judged on measured rates, not on the model above: the engine ke
 of what drafting steps actually commit per row and what they cost (the draft pass included, also when the step then
 verified nothing), and compares it with plain decoding, 1 token per row per T(1). Once drafting has run PATIENCE
 steps and loses, the engine decodes plainly for OFF_STEPS steps, then probes for PATIENCE steps; each probe that
-still loses doubles the pause (up to MAX_OFF_STEPS), a winning one resets it. While it is off, a new generate call
-does not even read its prompt into the draft: the probe's first pass reads everything at once, and that catch-up
-pass is priced as an ordinary draft pass (it is the cost of switching, not of drafting).
+still loses doubles the pause (up to MAX_OFF_STEPS), a winning one resets it. Probing is exploration with a price:
+a losing stretch of drafting cost `excess` seconds more than plain decoding would have taken for the same tokens,
+so the pause after it also lasts at least excess / (EXPLORATION_BUDGET * T(1)) steps -- where drafting loses,
+`-k auto` then stays within EXPLORATION_BUDGET of plain decoding however costly a probe is (a vsd probe of K_max
+draft passes, a catch-up pass over a long pause). While it is off, a new generate call does not even read its
+prompt into the draft: the probe's first pass reads everything at once; that catch-up pass is priced as an
+ordinary draft pass in the rate estimates (it is the cost of switching, not of drafting) and at its real cost in
+the excess.
 
 For autoregressive drafts (vsd) the same model stops drafting early: after j tokens, one more is drafted only if
 the expected rate with it (the position's mean calibrated acceptance standing in for its unknown confidence) beats
@@ -33,6 +38,7 @@ stopping at j — the cost-aware counterpart of transformers' fixed confidence t
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 
@@ -45,7 +51,8 @@ PRIOR_WEIGHT = 4.0
 EMA = 0.3
 PATIENCE = 4  # drafting steps an on-period (or a probe) lasts before drafting is judged against plain decoding
 OFF_STEPS = 8
-MAX_OFF_STEPS = 64  # a pause outlasting a few prompts would keep drafting off on text where it pays
+MAX_OFF_STEPS = 64  # a pause outlasting a few prompts would keep drafting off on text where it pays...
+EXPLORATION_BUDGET = 0.03  # ...unless the probes themselves would cost more than this share of plain decoding
 PROFILE_REPEATS = 3
 
 
@@ -65,6 +72,7 @@ class VerifyLengthChooser:
         self.on_steps = 0  # drafting steps since drafting was last switched on
         self.off_for = 0  # steps left without drafting
         self.backoff = OFF_STEPS
+        self.excess_seconds = 0.0  # what drafting cost beyond plain decoding since it was last judged to win
         self.catching_up = False  # the next draft pass also reads the tokens decoded without it
 
     def new_generation(self) -> None:
@@ -186,6 +194,9 @@ class VerifyLengthChooser:
         drafted = confidence is not None
         if not drafted:
             return  # a plain step (switched off) says nothing about the draft
+        tokens_per_row = float(accepted.float().mean()) + 1.0
+        if self.plain_rate() is not None:  # the real cost, catch-up included, against plain decoding's
+            self.excess_seconds += draft_seconds + verify_seconds - tokens_per_row / self.plain_rate()
         # The first pass after a pause also read every token decoded meanwhile: price it as an ordinary pass.
         if self.catching_up and self.draft_seconds is not None:
             draft_seconds = self.draft_seconds * (max(k, 1) if self.per_token_draft else 1)
@@ -200,7 +211,6 @@ class VerifyLengthChooser:
             self.tried.index_put_((pos[reached], bins[reached]), torch.ones(int(reached.sum())), accumulate=True)
             won = pos < a
             self.accepted.index_put_((pos[won], bins[won]), torch.ones(int(won.sum())), accumulate=True)
-        tokens_per_row = float(accepted.float().mean()) + 1.0
         self.drafting_tokens = _ema(self.drafting_tokens, tokens_per_row)
         self.drafting_seconds = _ema(self.drafting_seconds, draft_seconds + verify_seconds)
         self._schedule()
@@ -212,9 +222,10 @@ class VerifyLengthChooser:
         if plain is None or self.on_steps < PATIENCE:
             return
         if self.drafting_rate() >= plain:
-            self.backoff = OFF_STEPS
+            self.backoff, self.excess_seconds = OFF_STEPS, 0.0
             return
-        self.off_for, self.on_steps = self.backoff, 0
+        paid_back = math.ceil(max(self.excess_seconds, 0.0) * plain / EXPLORATION_BUDGET)  # plain steps
+        self.off_for, self.on_steps, self.excess_seconds = max(self.backoff, paid_back), 0, 0.0
         self.backoff = min(2 * self.backoff, MAX_OFF_STEPS)
 
 

@@ -78,10 +78,11 @@ def open_lm(
     """The language model of ``role`` (``"target"``, ``"draft"``) for one generation on one engine path.
 
     ``eager`` opens a fresh :class:`CachedLM`. The static paths keep one :class:`StaticLM` per (role, batch size,
-    compiled) for as long as the model lives, so every decoder over the same model -- a benchmark's methods and K values, a user
-    trying settings in a notebook -- reuses its buffers and compiled steps: a pass width met before never compiles
-    again, a new one (``buckets`` it lacks) compiles once, and only a generation needing more slots than the kept
-    cache has gets a bigger one (compiled anew). One model's static caches serve one generation at a time.
+    compiled) for as long as the model lives, so every decoder over the same model -- a benchmark's methods and K
+    values, a user trying settings in a notebook -- reuses its buffers and compiled steps: a pass width met before
+    never compiles again, a new one (``buckets`` it lacks) compiles once, and only a generation needing more slots
+    than the kept cache has gets a bigger one (compiled anew). One model's static caches serve one generation at a
+    time.
     """
     if engine == "eager":
         return CachedLM(model, batch_size)
