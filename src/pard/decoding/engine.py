@@ -213,8 +213,12 @@ class SpeculativeDecoder:
         draft = None if self.method == "ar" else open_lm(engine, "draft", self.draft, batch_size, capacity,
                                                          self._draft_buckets())
         proposer = self._make_proposer(draft, batch_size) if draft is not None else None
-        lms = [target] + ([draft] if draft is not None else [])
-        compiling = sum(lm.compile_seconds for lm in lms)
+        lms = [target] + ([draft] if draft is not None else [])  # target first
+
+        def compiled_so_far() -> list[float]:
+            return [lm.compile_seconds for lm in lms]
+
+        compiling = compiled_so_far()
         chooser = None
         if self.adaptive and proposer is not None:
             # What -k auto learned (calibration, pass costs, whether drafting pays) carries over to the next
@@ -231,17 +235,17 @@ class SpeculativeDecoder:
             proposer.prefill(sequences, lengths)  # while -k auto decodes plainly, its first probe reads the prompt
         synchronize(device)
         stats.engine = engine
-        stats.compile_seconds = sum(lm.compile_seconds for lm in lms) - compiling
+        stats.compile_seconds = sum(compiled_so_far()) - sum(compiling)
         stats.prefill_seconds = time.perf_counter() - started - stats.compile_seconds
 
         while len(rows):
             # Draft no further than the longest remaining budget needs: k + 1 tokens come out of a full accept.
             k = min(self.num_draft_tokens, int(remaining.max()) - 1)
-            compiling = draft.compile_seconds if draft is not None else 0.0, target.compile_seconds
+            compiling = compiled_so_far()
             step = speculative_step(target, proposer, chooser, sequences, lengths, k, sampling, generator)
             # A shape met for the first time compiles inside its pass: that is not decoding time.
-            draft_compile = draft.compile_seconds - compiling[0] if draft is not None else 0.0
-            target_compile = target.compile_seconds - compiling[1]
+            target_compile, *draft_compile = (now - before for now, before in zip(compiled_so_far(), compiling))
+            draft_compile = sum(draft_compile)
             compiled = draft_compile + target_compile
             k, accepted, new_tokens, lengths = step.k, step.accepted, step.new_tokens, step.lengths
             stats.compile_seconds += compiled
