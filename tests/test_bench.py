@@ -89,6 +89,39 @@ def test_bench_auto_k_and_the_load_record(tmp_path, capsys):
     assert "K=auto" in (out / "results.md").read_text()
 
 
+def test_bench_times_a_cell_side_by_side_after_warming_every_configuration(tmp_path, monkeypatch):
+    """All warm-ups (longest prompt first) before any timed pass, then rounds of one pass per configuration: a slow
+    phase of the machine hits every configuration of a round alike."""
+    from pard.bench import runner
+    from pard.bench.config import BenchConfig
+
+    calls = []
+    real_runner = runner._runner
+
+    def recording_runner(method, k, *args, **kwargs):
+        run = real_runner(method, k, *args, **kwargs)
+
+        def recorded(batch, seed):
+            calls.append((method, k, max(map(len, batch)), seed))
+            return run(batch, seed)
+
+        return recorded
+
+    monkeypatch.setattr(runner, "_runner", recording_runner)
+    summary = runner.run_bench(BenchConfig(
+        targets=["tiny:llama"], draft="tiny:pard", ar_draft=None, methods=["ar", "pard"], ks=[1, 2],
+        num_prompts=3, max_new_tokens=4, repeats=2, warmup=1, engines=["eager"], output=str(tmp_path / "b")))
+    configs = [("ar", None), ("pard", 1), ("pard", 2)]
+    warm_ups, timed = calls[:3], calls[3:]
+    longest = max(length for _, _, length, _ in timed)
+    assert [(m, k) for m, k, _, _ in warm_ups] == configs and all(c[2] == longest for c in warm_ups)
+    # Two rounds, each timing every configuration over the 3 prompts, in plan order, with the round's seed.
+    expected = [(m, k, r) for r in range(2) for m, k in configs for _ in range(3)]
+    assert [(m, k, seed) for m, k, _, seed in timed] == expected
+    rows = summary["measurements"]
+    assert [len(m["seconds"]) for m in rows] == [2, 2, 2] and all(m["mismatches"] == 0 for m in rows[1:])
+
+
 def test_bench_warns_on_a_busy_machine(monkeypatch, capsys):
     import os
 

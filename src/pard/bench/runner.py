@@ -2,9 +2,13 @@
 
 Methods: our engine's ``ar``, ``vsd`` and ``pard``, and transformers' own ``generate`` as peers: plain greedy
 (``hf-ar``), assisted generation with the same AR draft (``hf-assisted``) and prompt lookup
-(``hf-prompt-lookup``). Each configuration runs ``warmup`` untimed generations, then ``repeats`` timed passes
-over all prompts; the reported tokens/s is the median over repeats, and speedups divide by ``ar`` on the same
-target, dataset and batch size from the same run. Greedy runs compare every output with ``ar``'s.
+(``hf-prompt-lookup``). The configurations of one (target, dataset, batch size) cell are timed side by side:
+every one first runs ``warmup`` untimed generations (the longest prompts first, so compiled steps and static
+caches are built for the whole cell before anything is timed), then the cell runs ``repeats`` rounds, each timing
+one pass over all prompts of every configuration in turn. A slow phase of the machine (another process, a
+frequency change) then hits every configuration of a round alike instead of one configuration's repeats. The
+reported tokens/s is the median over rounds, and speedups divide by ``ar`` on the same target, dataset and batch
+size from the same run. Greedy runs compare every output with ``ar``'s.
 """
 
 from __future__ import annotations
@@ -95,15 +99,26 @@ def run_bench(config: BenchConfig) -> dict:
             ids, truncated[f"{target_spec} {dataset}"] = _fit_context(ids, target, config.max_new_tokens)
             for batch_size in config.batch_sizes:
                 batches = [list(range(i, min(i + batch_size, len(ids)))) for i in range(0, len(ids), batch_size)]
-                reference = None
-                for method, k, engine in plan:
-                    if batch_size > 1 and method not in BATCHED:
-                        bar.update()
-                        continue
-                    bar.set_postfix_str(f"{target_spec} {dataset} {method} K={k} B={batch_size} {engine or ''}")
+                cell = [(method, k, engine) for method, k, engine in plan if batch_size == 1 or method in BATCHED]
+                bar.update(len(plan) - len(cell))
+                runs = []
+                for method, k, engine in cell:
+                    bar.set_postfix_str(f"{target_spec} {dataset} {method} K={k} B={batch_size} {engine or ''}: "
+                                        "warm-up")
                     run = _runner(method, k, engine, target, tokenizer, drafts, draft_tokenizers, sampling, eos,
                                   config, expected_tokens=len(ids) * config.max_new_tokens)
-                    m, outputs = _measure(run, ids, batches, config)
+                    _warm_up(run, ids, batches, config)
+                    runs.append(run)
+                passes: list[list[TimedPass]] = [[] for _ in cell]
+                for repeat in range(config.repeats):  # rounds: every configuration once, side by side
+                    for i, run in enumerate(runs):
+                        method, k, engine = cell[i]
+                        bar.set_postfix_str(f"{target_spec} {dataset} {method} K={k} B={batch_size} {engine or ''}: "
+                                            f"round {repeat + 1}/{config.repeats}")
+                        passes[i].append(_timed_pass(run, ids, batches, config.seed + repeat))
+                reference = None
+                for (method, k, engine), timed in zip(cell, passes):
+                    m, outputs = _measurement(timed)
                     m.target, m.dataset, m.method, m.k, m.batch_size = target_spec, dataset, method, k, batch_size
                     m.engine = engine
                     if reference is None and method == "ar":
@@ -224,38 +239,57 @@ def _runner(method, k, engine, target, tokenizer, drafts, draft_tokenizers, samp
     return run
 
 
-def _measure(run, ids, batches, config: BenchConfig) -> tuple[Measurement, list[list[int]]]:
+@dataclass
+class TimedPass:
+    """One pass over all prompts of one configuration: its seconds (compilation excluded) and what it produced."""
+
+    seconds: float
+    outputs: list[list[int]]
+    stats: list  # GenerationStats of each batch (engine methods), [] for transformers' methods
+    compile_seconds: float
+
+
+def _warm_up(run, ids, batches, config: BenchConfig) -> None:
+    """``config.warmup`` untimed generations, the batches with the longest prompts first: the static cache then
+    gets the capacity the whole cell needs, and its pass widths compile, before any pass is timed."""
+    longest_first = sorted(batches, key=lambda batch: -max(len(ids[i]) for i in batch))
     for w in range(config.warmup):
-        run([ids[i] for i in batches[w % len(batches)]], config.seed)
-    seconds, stats_of_last = [], []
+        run([ids[i] for i in longest_first[w % len(batches)]], config.seed)
+
+
+def _timed_pass(run, ids, batches, seed: int) -> TimedPass:
+    seconds, compile_seconds, stats_of_pass = 0.0, 0.0, []
     outputs: list[list[int]] = [[] for _ in ids]
-    compile_seconds = 0.0
-    for repeat in range(config.repeats):
-        total, stats_of_last = 0.0, []
-        for batch in batches:
-            start = time.perf_counter()
-            sequences, stats = run([ids[i] for i in batch], config.seed + repeat)
-            total += time.perf_counter() - start
-            for i, seq in zip(batch, sequences):
-                outputs[i] = seq
-            if stats is not None:
-                stats_of_last.append(stats)
-                total -= stats.compile_seconds  # a prompt longer than the warm-up's compiled a new shape
-                compile_seconds += stats.compile_seconds
-        seconds.append(total)
-    tokens = sum(map(len, outputs))
+    for batch in batches:
+        start = time.perf_counter()
+        sequences, stats = run([ids[i] for i in batch], seed)
+        seconds += time.perf_counter() - start
+        for i, seq in zip(batch, sequences):
+            outputs[i] = seq
+        if stats is not None:
+            stats_of_pass.append(stats)
+            seconds -= stats.compile_seconds  # a shape the warm-up did not meet (a prompt length) compiled now
+            compile_seconds += stats.compile_seconds
+    return TimedPass(seconds, outputs, stats_of_pass, compile_seconds)
+
+
+def _measurement(passes: list[TimedPass]) -> tuple[Measurement, list[list[int]]]:
+    """The median tokens/s over a configuration's timed passes; acceptance statistics from its last pass."""
+    last = passes[-1]
+    tokens = sum(map(len, last.outputs))
+    seconds = [p.seconds for p in passes]
     m = Measurement("", "", "", None, 0, tokens=tokens, tokens_per_second=tokens / statistics.median(seconds),
                     seconds=seconds)
-    if stats_of_last:
-        merged = stats_of_last[0].merged(stats_of_last[1:])
+    if last.stats:
+        merged = last.stats[0].merged(last.stats[1:])
         m.mean_accepted_length = merged.mean_accepted_length
         m.acceptance_per_position = merged.acceptance_per_position
         m.draft_seconds, m.verify_seconds = merged.draft_seconds, merged.verify_seconds
         m.speculative_fraction = merged.speculative_steps / max(merged.target_forwards, 1)
         if merged.adaptive:
             m.chosen_k = merged.drafted_lengths[0]
-        m.engine_path, m.compile_seconds = merged.engine, compile_seconds
-    return m, outputs
+        m.engine_path, m.compile_seconds = merged.engine, sum(p.compile_seconds for p in passes)
+    return m, last.outputs
 
 
 def _add_speedups(measurements: list[Measurement]) -> None:

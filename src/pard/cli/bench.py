@@ -33,8 +33,10 @@ def register(sub) -> None:
     b.add_argument("--num-prompts", type=int, default=defaults.num_prompts, help="prompts per dataset")
     b.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
     add_sampling_options(b)
-    b.add_argument("--repeats", type=int, default=defaults.repeats, help="timed passes (the median is reported)")
-    b.add_argument("--warmup", type=int, default=defaults.warmup, help="untimed generations per configuration")
+    b.add_argument("--repeats", type=int, default=defaults.repeats,
+                   help="timed rounds, each one pass of every configuration side by side (the median is reported)")
+    b.add_argument("--warmup", type=int, default=defaults.warmup,
+                   help="untimed generations per configuration, all before the first timed round")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--no-chat-template", action="store_true")
     b.add_argument("--output", default=defaults.output,
