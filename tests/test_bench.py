@@ -90,8 +90,8 @@ def test_bench_auto_k_and_the_load_record(tmp_path, capsys):
 
 
 def test_bench_times_a_cell_side_by_side_after_warming_every_configuration(tmp_path, monkeypatch):
-    """All warm-ups (longest prompt first) before any timed pass, then rounds of one pass per configuration: a slow
-    phase of the machine hits every configuration of a round alike."""
+    """All warm-ups (a batch of every batch size, longest prompts first) before any timed pass, then rounds of one
+    pass per configuration: a slow phase of the machine hits every configuration of a round alike."""
     from pard.bench import runner
     from pard.bench.config import BenchConfig
 
@@ -102,7 +102,7 @@ def test_bench_times_a_cell_side_by_side_after_warming_every_configuration(tmp_p
         run = real_runner(method, k, *args, **kwargs)
 
         def recorded(batch, seed):
-            calls.append((method, k, max(map(len, batch)), seed))
+            calls.append((method, k, len(batch), max(map(len, batch)), seed))
             return run(batch, seed)
 
         return recorded
@@ -110,16 +110,23 @@ def test_bench_times_a_cell_side_by_side_after_warming_every_configuration(tmp_p
     monkeypatch.setattr(runner, "_runner", recording_runner)
     summary = runner.run_bench(BenchConfig(
         targets=["tiny:llama"], draft="tiny:pard", ar_draft=None, methods=["ar", "pard"], ks=[1, 2],
-        num_prompts=3, max_new_tokens=4, repeats=2, warmup=1, engines=["eager"], output=str(tmp_path / "b")))
+        num_prompts=3, max_new_tokens=4, repeats=2, warmup=1, batch_sizes=[1, 2], engines=["eager"],
+        output=str(tmp_path / "b")))
     configs = [("ar", None), ("pard", 1), ("pard", 2)]
-    warm_ups, timed = calls[:3], calls[3:]
-    longest = max(length for _, _, length, _ in timed)
-    assert [(m, k) for m, k, _, _ in warm_ups] == configs and all(c[2] == longest for c in warm_ups)
-    # Two rounds, each timing every configuration over the 3 prompts, in plan order, with the round's seed.
-    expected = [(m, k, r) for r in range(2) for m, k in configs for _ in range(3)]
-    assert [(m, k, seed) for m, k, _, seed in timed] == expected
+    lengths = sorted({length for *_, length, _ in calls})
+    # Batch size 1: one warm-up each, on the longest prompt; then two rounds, each timing every configuration over
+    # the 3 prompts, in plan order, with the round's seed.
+    warm_ups, timed, calls = calls[:3], calls[3:21], calls[21:]
+    assert [(m, k) for m, k, *_ in warm_ups] == configs and {c[3] for c in warm_ups} == {lengths[-1]}
+    assert [(m, k, seed) for m, k, _, _, seed in timed] == [(m, k, r) for r in range(2) for m, k in configs
+                                                            for _ in range(3)]
+    # Batch size 2 (batches of 2 and 1 prompts): every configuration warms up both shapes before any is timed.
+    warm_ups, timed = calls[:6], calls[6:]
+    assert [(m, k, rows) for m, k, rows, _, _ in warm_ups] == [(m, k, rows) for m, k in configs for rows in (2, 1)]
+    assert [(m, k, rows, seed) for m, k, rows, _, seed in timed] == [
+        (m, k, rows, r) for r in range(2) for m, k in configs for rows in (2, 1)]
     rows = summary["measurements"]
-    assert [len(m["seconds"]) for m in rows] == [2, 2, 2] and all(m["mismatches"] == 0 for m in rows[1:])
+    assert [len(m["seconds"]) for m in rows] == [2] * 6 and all(m["mismatches"] == 0 for m in rows if m["k"])
 
 
 def test_bench_warns_on_a_busy_machine(monkeypatch, capsys):

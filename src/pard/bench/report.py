@@ -98,7 +98,7 @@ def bench_markdown(summary: dict) -> str:
         markdown_table(headers, table),
         f"\n{sampling}; {config['num_prompts']} prompts per dataset, up to {config['max_new_tokens']} new tokens; "
         f"tokens/s = median of {config['repeats']} timed rounds (each configuration once per round, side by side) "
-        f"after {config['warmup']} warm-up generation(s) of every configuration; "
+        f"after {config['warmup']} untimed warm-up round(s) of every configuration; "
         f"speedup = tokens/s over ar on the same target, dataset, batch size and engine path in this run "
         f"(transformers' methods: over the first engine's ar); compilation time excluded (compile_seconds in "
         f"summary.json); dtype "

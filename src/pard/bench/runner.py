@@ -3,12 +3,12 @@
 Methods: our engine's ``ar``, ``vsd`` and ``pard``, and transformers' own ``generate`` as peers: plain greedy
 (``hf-ar``), assisted generation with the same AR draft (``hf-assisted``) and prompt lookup
 (``hf-prompt-lookup``). The configurations of one (target, dataset, batch size) cell are timed side by side:
-every one first runs ``warmup`` untimed generations (the longest prompts first, so compiled steps and static
-caches are built for the whole cell before anything is timed), then the cell runs ``repeats`` rounds, each timing
-one pass over all prompts of every configuration in turn. A slow phase of the machine (another process, a
-frequency change) then hits every configuration of a round alike instead of one configuration's repeats. The
-reported tokens/s is the median over rounds, and speedups divide by ``ar`` on the same target, dataset and batch
-size from the same run. Greedy runs compare every output with ``ar``'s.
+every one first runs ``warmup`` untimed rounds of generations (a batch of each batch size, the longest prompts
+first, so compiled steps and static caches are built for the whole cell before anything is timed), then the cell
+runs ``repeats`` rounds, each timing one pass over all prompts of every configuration in turn. A slow phase of the
+machine (another process, a frequency change) then hits every configuration of a round alike instead of one
+configuration's repeats. The reported tokens/s is the median over rounds, and speedups divide by ``ar`` on the
+same target, dataset and batch size from the same run. Greedy runs compare every output with ``ar``'s.
 """
 
 from __future__ import annotations
@@ -103,18 +103,15 @@ def run_bench(config: BenchConfig) -> dict:
                 bar.update(len(plan) - len(cell))
                 runs = []
                 for method, k, engine in cell:
-                    bar.set_postfix_str(f"{target_spec} {dataset} {method} K={k} B={batch_size} {engine or ''}: "
-                                        "warm-up")
+                    bar.set_postfix_str(f"{target_spec} {dataset} B={batch_size} {method} K={k} {engine or ''}: warmup")
                     run = _runner(method, k, engine, target, tokenizer, drafts, draft_tokenizers, sampling, eos,
                                   config, expected_tokens=len(ids) * config.max_new_tokens)
                     _warm_up(run, ids, batches, config)
                     runs.append(run)
                 passes: list[list[TimedPass]] = [[] for _ in cell]
                 for repeat in range(config.repeats):  # rounds: every configuration once, side by side
+                    bar.set_postfix_str(f"{target_spec} {dataset} B={batch_size}: round {repeat + 1}/{config.repeats}")
                     for i, run in enumerate(runs):
-                        method, k, engine = cell[i]
-                        bar.set_postfix_str(f"{target_spec} {dataset} {method} K={k} B={batch_size} {engine or ''}: "
-                                            f"round {repeat + 1}/{config.repeats}")
                         passes[i].append(_timed_pass(run, ids, batches, config.seed + repeat))
                 reference = None
                 for (method, k, engine), timed in zip(cell, passes):
@@ -250,11 +247,16 @@ class TimedPass:
 
 
 def _warm_up(run, ids, batches, config: BenchConfig) -> None:
-    """``config.warmup`` untimed generations, the batches with the longest prompts first: the static cache then
-    gets the capacity the whole cell needs, and its pass widths compile, before any pass is timed."""
-    longest_first = sorted(batches, key=lambda batch: -max(len(ids[i]) for i in batch))
+    """``config.warmup`` untimed rounds, each generating one batch of every batch size the cell has (a ragged last
+    batch is a shape of its own: compiled steps and static caches are kept per batch size), the longest prompts
+    first: every pass width compiles, and every static cache gets the capacity the cell needs, before any pass is
+    timed."""
+    by_size: dict[int, list[list[int]]] = {}
+    for batch in sorted(batches, key=lambda batch: -max(len(ids[i]) for i in batch)):
+        by_size.setdefault(len(batch), []).append(batch)
     for w in range(config.warmup):
-        run([ids[i] for i in longest_first[w % len(batches)]], config.seed)
+        for same_size in by_size.values():
+            run([ids[i] for i in same_size[w % len(same_size)]], config.seed)
 
 
 def _timed_pass(run, ids, batches, seed: int) -> TimedPass:

@@ -36,7 +36,7 @@ def register(sub) -> None:
     b.add_argument("--repeats", type=int, default=defaults.repeats,
                    help="timed rounds, each one pass of every configuration side by side (the median is reported)")
     b.add_argument("--warmup", type=int, default=defaults.warmup,
-                   help="untimed generations per configuration, all before the first timed round")
+                   help="untimed rounds per configuration (a batch of each batch size), all before the first timed one")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--no-chat-template", action="store_true")
     b.add_argument("--output", default=defaults.output,
