@@ -80,7 +80,7 @@ def speculative_step(
     new_tokens.scatter_(1, accepted[:, None], next_token[:, None])
     write_at = lengths[:, None] + torch.arange(k + 1, device=device)  # (B, k+1)
     sequences.scatter_(1, write_at, new_tokens)
-    if proposer is not None:
+    if offered is not None:  # a step that did not draft left the proposer's cache as it was: nothing to undo
         proposer.rollback(lengths + accepted)
     synchronize(device)
     confidence = offered.confidence if offered is not None else None
