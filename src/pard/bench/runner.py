@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..decoding import SamplingConfig, SpeculativeDecoder
+from ..decoding.stats import GenerationStats
 from ..files import atomic_write_text, check_output_dir
 from ..models import load_model, load_tokenizer
 from ..prompts import encode_prompt, eos_token_ids
@@ -242,8 +243,7 @@ class TimedPass:
 
     seconds: float
     outputs: list[list[int]]
-    stats: list  # GenerationStats of each batch (engine methods), [] for transformers' methods
-    compile_seconds: float
+    stats: list[GenerationStats]  # of each batch (engine methods; their compile_seconds), [] for transformers'
 
 
 def _warm_up(run, ids, batches, config: BenchConfig) -> None:
@@ -260,7 +260,7 @@ def _warm_up(run, ids, batches, config: BenchConfig) -> None:
 
 
 def _timed_pass(run, ids, batches, seed: int) -> TimedPass:
-    seconds, compile_seconds, stats_of_pass = 0.0, 0.0, []
+    seconds, stats_of_pass = 0.0, []
     outputs: list[list[int]] = [[] for _ in ids]
     for batch in batches:
         start = time.perf_counter()
@@ -271,8 +271,7 @@ def _timed_pass(run, ids, batches, seed: int) -> TimedPass:
         if stats is not None:
             stats_of_pass.append(stats)
             seconds -= stats.compile_seconds  # a shape the warm-up did not meet (a prompt length) compiled now
-            compile_seconds += stats.compile_seconds
-    return TimedPass(seconds, outputs, stats_of_pass, compile_seconds)
+    return TimedPass(seconds, outputs, stats_of_pass)
 
 
 def _measurement(passes: list[TimedPass]) -> tuple[Measurement, list[list[int]]]:
@@ -290,7 +289,7 @@ def _measurement(passes: list[TimedPass]) -> tuple[Measurement, list[list[int]]]
         m.speculative_fraction = merged.speculative_steps / max(merged.target_forwards, 1)
         if merged.adaptive:
             m.chosen_k = merged.drafted_lengths[0]
-        m.engine_path, m.compile_seconds = merged.engine, sum(p.compile_seconds for p in passes)
+        m.engine_path, m.compile_seconds = merged.engine, sum(s.compile_seconds for p in passes for s in p.stats)
     return m, last.outputs
 
 
