@@ -15,6 +15,10 @@ def register(sub) -> None:
     zb.add_argument("--only", nargs="+", help="build only these members (smollm2-pard: the SmolLM2 draft, which "
                                               "the plain build leaves alone)")
     zb.add_argument("--device", default="auto", help="smollm2-pard: where to regenerate and train (auto, cpu, cuda)")
+    zb.add_argument("--recipe", default="auto", choices=["auto", "full", "cpu"],
+                    help="smollm2-pard: full (what zoo:smollm2-pard was built with; a GPU's work), cpu (fewer, "
+                         "shorter answers and no distillation: about 90 minutes on 2 CPU cores, a weaker draft), or "
+                         "auto (full on CUDA, cpu otherwise)")
     zb.add_argument("--prompts", nargs="*", default=[], metavar="DATASET",
                     help="smollm2-pard: more chat prompts to regenerate answers to, as for `pard bench --dataset` "
                          "(e.g. gsm8k=gsm8k_test.jsonl[:1000])")
@@ -33,9 +37,10 @@ def run_build(args) -> int:
     output = Path(args.output) if args.output else ZOO_DIR
     if args.only and NAME in args.only:
         info = build_smollm2_draft(output, Path(args.work_dir), scale=args.scale, device=args.device,
-                                   prompts=args.prompts)
-        print(f"zoo:{NAME}: {info['steps']} steps, trained {info['train_seconds'] / 60:.1f} min, data "
-              f"{info['data']['seconds'] / 60:.1f} min on {info['device']} -> {output / NAME}")
+                                   prompts=args.prompts, recipe=args.recipe)
+        print(f"zoo:{NAME} ({info['recipe_name']} recipe): {info['steps']} steps, trained "
+              f"{info['train_seconds'] / 60:.1f} min, data {info['data']['seconds'] / 60:.1f} min on {info['device']}, "
+              f"{info['build_seconds'] / 60:.1f} min in all -> {output / NAME}")
         if len(args.only) == 1:
             return 0
     family = build_zoo(output, Path(args.work_dir), scale=args.scale,

@@ -8,11 +8,13 @@ for any family):
 2. data: SmolLM2's own greedy answers to them (``pard regenerate``): the draft learns what the target says;
 3. draft: a slice of SmolLM2 (its first LAYERS decoder layers, embeddings, final norm) with a head over the
    DRAFT_VOCAB tokens its answers use most (FR-Spec), embeddings frozen, trained with COD (K = 8) on the answers
-   plus distillation from SmolLM2's distributions (``--slice-layers --draft-vocab --freeze-embeddings
-   --distill-from``);
+   (``--slice-layers --draft-vocab --freeze-embeddings``), in the full recipe plus distillation from SmolLM2's
+   distributions (``--distill-from``);
 4. the result is stored in bf16 without the embeddings (they are SmolLM2's, taken from ``zoo:smollm2`` at load).
 
-Seeded and resumable like the rest of the zoo: each stage reuses what a previous run of the same recipe finished.
+Two recipes (RECIPES): ``full``, what the committed draft was built with on a GPU, and ``cpu``, sized to finish
+within 2 hours on 2 CPU cores. Seeded and resumable like the rest of the zoo: each stage reuses what a previous run
+of the same recipe finished (each recipe keeps its stages in its own folder of the work directory).
 """
 
 from __future__ import annotations
@@ -51,10 +53,27 @@ class SmolDraftRecipe:
     steps: int = 1200
     batch_size: int = 16
     learning_rate: float = 1e-3
-    kd_weight: float = 1.0
+    kd_weight: float = 1.0  # 0: no distillation term, so no teacher forward in training
 
 
-RECIPE = SmolDraftRecipe()
+RECIPES = {
+    # What `zoo:smollm2-pard` was built with, on a GPU (an H100: 12 minutes of answers, 3 of training).
+    "full": SmolDraftRecipe(),
+    # Sized for 2 CPU cores and 2 hours (measured on an AMD EPYC Zen 3): a batch of 16 answers takes about a minute
+    # there (compiled steps), so fewer and shorter answers; and no distillation, because SmolLM2's forward over each
+    # batch cost 2/3 of a training step (48.6 s a step with it, 15.3 s without) -- the labels already are
+    # SmolLM2's own greedy tokens. A weaker draft than the full recipe's (see the README).
+    "cpu": SmolDraftRecipe(prompts=640, max_new_tokens=256, regenerate_batch=16, steps=150, kd_weight=0.0),
+}
+
+
+def choose_recipe(name: str, device: torch.device) -> str:
+    """``auto``: the full recipe where there is a GPU, the 2-hour CPU recipe otherwise."""
+    if name == "auto":
+        return "full" if device.type == "cuda" else "cpu"
+    if name not in RECIPES:
+        raise InvalidArgumentError(f"unknown recipe {name!r}; choose auto, {', '.join(RECIPES)}")
+    return name
 
 
 def prompt_records(path: Path, count: int, extra: list[str]) -> Path:
@@ -119,24 +138,29 @@ def train_draft(run_dir: Path, answers: Path, recipe: SmolDraftRecipe, scale: fl
         max_steps=steps, learning_rate=recipe.learning_rate, warmup_ratio=0.03, weight_decay=0.01,
         batch_size=recipe.batch_size, seed=SEED, save_steps=max(50, steps // 4), save_total_limit=1,
         logging_steps=max(1, min(25, steps // 10)), mask_token_ids=[MASK_TOKEN], slice_layers=recipe.layers,
-        draft_vocab=recipe.draft_vocab, freeze_embeddings=True, distill_from=BASE, kd_weight=recipe.kd_weight,
+        draft_vocab=recipe.draft_vocab, freeze_embeddings=True, distill_from=BASE if recipe.kd_weight else None,
+        kd_weight=recipe.kd_weight,
         bf16=device.type == "cuda", device=str(device), disable_progress=not progress,
     ))
     return run_dir
 
 
 def build_smollm2_draft(output: Path, work_dir: Path, *, scale: float = 1.0, device: str = "auto",
-                        prompts: list[str] | None = None, recipe: SmolDraftRecipe = RECIPE,
-                        progress: bool = True) -> dict:
-    """Run (or resume) every stage; publish the draft as ``output / NAME``; return its build record."""
+                        prompts: list[str] | None = None, recipe: str = "auto", progress: bool = True) -> dict:
+    """Run (or resume) every stage of recipe ``recipe`` (a name in RECIPES, or ``auto``); publish the draft as
+    ``output / NAME``; return its build record."""
     from ..models import resolve_device
 
     started = time.perf_counter()
     dev = resolve_device(device)
-    answers = regenerate_answers(work_dir, recipe, scale, list(prompts or []), dev)
-    run_dir = train_draft(work_dir / NAME, answers, recipe, scale, dev, progress)
+    name = choose_recipe(recipe, dev)
+    recipe = RECIPES[name]
+    stages = work_dir / f"{NAME}-{name}"  # each recipe resumes its own stages
+    answers = regenerate_answers(stages, recipe, scale, list(prompts or []), dev)
+    run_dir = train_draft(stages / NAME, answers, recipe, scale, dev, progress)
     training = json.loads((run_dir / TRAINING_INFO_FILE).read_text())
-    info = {"recipe": asdict(recipe), "scale": scale, "extra_prompts": list(prompts or []), "device": str(dev),
+    info = {"recipe_name": name, "recipe": asdict(recipe), "scale": scale, "extra_prompts": list(prompts or []),
+            "device": str(dev),
             "steps": training["steps"], "train_seconds": training["train_seconds"],
             "data": json.loads((answers.parent / "regeneration.json").read_text()),
             "build_seconds": round(time.perf_counter() - started, 1)}
