@@ -184,6 +184,18 @@ def test_the_smollm2_draft_recipe_follows_the_device():
         choose_recipe("fast", torch.device("cpu"))
 
 
+def test_a_cpu_build_refuses_up_front_to_replace_the_committed_draft(tmp_path):
+    """Publishing into the package by default must not swap the committed (full-recipe) draft for a CPU build's."""
+    from pard.errors import InvalidArgumentError
+    from pard.zoo.smollm2 import NAME, build_smollm2_draft
+
+    before = {p: p.read_bytes() for p in zoo_path(NAME).rglob("*") if p.is_file()}
+    with pytest.raises(InvalidArgumentError, match="built with the full recipe.*--output"):
+        build_smollm2_draft(ZOO_DIR, tmp_path / "work", device="cpu", recipe="cpu", progress=False)
+    assert {p: p.read_bytes() for p in zoo_path(NAME).rglob("*") if p.is_file()} == before
+    assert not any((tmp_path / "work").rglob("*"))  # refused before any stage started
+
+
 @pytest.mark.slow
 def test_smollm2_pard_cpu_recipe_builds_a_lossless_draft_and_resumes(tmp_path):
     """`pard zoo build --only smollm2-pard` on a CPU, shrunk: SmolLM2 answers 3 prompts, the draft trains 1 step

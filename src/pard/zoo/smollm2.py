@@ -155,6 +155,7 @@ def build_smollm2_draft(output: Path, work_dir: Path, *, scale: float = 1.0, dev
     dev = resolve_device(device)
     name = choose_recipe(recipe, dev)
     recipe = RECIPES[name]
+    check_replaceable(output / NAME, name)
     stages = work_dir / f"{NAME}-{name}"  # each recipe resumes its own stages
     answers = regenerate_answers(stages, recipe, scale, list(prompts or []), dev)
     run_dir = train_draft(stages / NAME, answers, recipe, scale, dev, progress)
@@ -166,6 +167,18 @@ def build_smollm2_draft(output: Path, work_dir: Path, *, scale: float = 1.0, dev
             "build_seconds": round(time.perf_counter() - started, 1)}
     pack(run_dir, output / NAME, info)
     return info
+
+
+def check_replaceable(dest: Path, recipe_name: str) -> None:
+    """Refuse, before hours of work, to publish over a draft another recipe built (the committed draft included:
+    a CPU build would replace it with a weaker one). Drafts recorded without a name were built by ``full``."""
+    build = dest / "build.json"
+    if not build.exists():
+        return
+    built_by = json.loads(build.read_text()).get("recipe_name", "full")
+    if built_by != recipe_name:
+        raise InvalidArgumentError(f"{dest} holds a draft built with the {built_by} recipe; the {recipe_name} "
+                                   "recipe would replace it: pass --output DIR to build it elsewhere")
 
 
 def pack(run_dir: Path, dest: Path, info: dict) -> None:
