@@ -59,11 +59,11 @@ class SmolDraftRecipe:
 RECIPES = {
     # What `zoo:smollm2-pard` was built with, on a GPU (an H100: 12 minutes of answers, 3 of training).
     "full": SmolDraftRecipe(),
-    # Sized for 2 CPU cores and 2 hours (measured on an AMD EPYC Zen 3): a batch of 16 answers takes about a minute
-    # there (compiled steps), so fewer and shorter answers; and no distillation, because SmolLM2's forward over each
-    # batch cost 2/3 of a training step (48.6 s a step with it, 15.3 s without) -- the labels already are
-    # SmolLM2's own greedy tokens. A weaker draft than the full recipe's (see the README).
-    "cpu": SmolDraftRecipe(prompts=640, max_new_tokens=256, regenerate_batch=16, steps=150, kd_weight=0.0),
+    # Sized for 2 CPU cores and 2 hours (measured on an AMD EPYC Zen 3): an answer costs ~3 s there (batch 16,
+    # compiled steps), so fewer and shorter answers (896 with 256 GSM8K questions: 46 minutes); and no
+    # distillation, because SmolLM2's forward over each batch would be 2/3 of a training step -- the labels
+    # already are SmolLM2's own greedy tokens. A step takes ~26 s. A weaker draft than the full recipe's (README).
+    "cpu": SmolDraftRecipe(prompts=640, max_new_tokens=256, regenerate_batch=16, steps=120, kd_weight=0.0),
 }
 
 
