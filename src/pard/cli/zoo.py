@@ -15,7 +15,7 @@ def register(sub) -> None:
     zb.add_argument("--only", nargs="+", help="build only these members (smollm2-pard: the SmolLM2 draft, which "
                                               "the plain build leaves alone)")
     zb.add_argument("--device", default="auto", help="smollm2-pard: where to regenerate and train (auto, cpu, cuda)")
-    zb.add_argument("--recipe", default="auto", choices=["auto", "full", "cpu"],
+    zb.add_argument("--recipe", default="auto",  # the names are checked by pard.zoo.smollm2.choose_recipe
                     help="smollm2-pard: full (what zoo:smollm2-pard was built with; a GPU's work), cpu (fewer, "
                          "shorter answers and no distillation: under 2 hours on 2 CPU cores, a weaker draft), or "
                          "auto (full on CUDA, cpu otherwise)")

@@ -155,13 +155,13 @@ def build_smollm2_draft(output: Path, work_dir: Path, *, scale: float = 1.0, dev
     started = time.perf_counter()
     dev = resolve_device(device)
     name = choose_recipe(recipe, dev)
-    recipe = RECIPES[name]
+    chosen = RECIPES[name]
     check_replaceable(output / NAME, name)
     stages = work_dir / f"{NAME}-{name}"  # each recipe resumes its own stages
-    answers = regenerate_answers(stages, recipe, scale, list(prompts or []), dev)
-    run_dir = train_draft(stages / NAME, answers, recipe, scale, dev, progress)
+    answers = regenerate_answers(stages, chosen, scale, list(prompts or []), dev)
+    run_dir = train_draft(stages / NAME, answers, chosen, scale, dev, progress)
     training = json.loads((run_dir / TRAINING_INFO_FILE).read_text())
-    info = {"recipe_name": name, "recipe": asdict(recipe), "scale": scale, "extra_prompts": list(prompts or []),
+    info = {"recipe_name": name, "recipe": asdict(chosen), "scale": scale, "extra_prompts": list(prompts or []),
             "device": str(dev), "steps": training["steps"], "train_seconds": training["train_seconds"],
             "data": json.loads((answers.parent / "regeneration.json").read_text()),
             "build_seconds": round(time.perf_counter() - started, 1)}
