@@ -14,7 +14,7 @@ from pard.regenerate import RegenerateConfig, regenerate
 from pard.tiny import byte_tokenizer, tiny_model
 from pard.training import CODConfig, build_cod_sample
 from pard.training.collator import CODCollator
-from pard.training.loss import kd_loss, teacher_distributions
+from pard.training.loss import draft_columns, kd_loss, teacher_distributions
 
 TEXTS = [f"def function_{i}(x):\n    return x + {i}\n" for i in range(11)]
 
@@ -104,8 +104,18 @@ def test_teacher_distribution_is_its_output_at_the_real_position():
     batch = CODCollator(with_source=True)([sample])
     assert batch["teacher_input_ids"].tolist() == [x.tolist()]
     teacher_logits = torch.arange(12).float()[None, :, None].expand(1, 12, 5)  # value = position
-    gathered = teacher_distributions(teacher_logits, batch["position_ids"], 5)
-    assert (gathered[0, :, 0] == batch["position_ids"][0].float()).all()
+    trained = batch["labels"] != -100
+    gathered = teacher_distributions(teacher_logits, batch["position_ids"], trained)  # (M, 5)
+    assert gathered.shape == (int(trained.sum()), 5)
+    assert (gathered[:, 0] == batch["position_ids"][trained].float()).all()
+
+
+def test_teacher_is_cut_to_the_draft_vocabulary():
+    teacher_logits = torch.arange(6).float().expand(2, 3, 6)  # (B, N, V_t): value = token id
+    assert draft_columns(teacher_logits, 6, None) is teacher_logits
+    assert draft_columns(teacher_logits, 4, None)[0, 0].tolist() == [0, 1, 2, 3]  # a smaller draft vocabulary
+    assert draft_columns(teacher_logits, 7, None)[0, 0, 6] == float("-inf")  # a token the teacher cannot emit
+    assert draft_columns(teacher_logits, 6, torch.tensor([1, 4]))[1, 2].tolist() == [1, 4]  # a reduced head
 
 
 def test_distillation_gradient_flows_only_into_the_draft():
@@ -116,21 +126,22 @@ def test_distillation_gradient_flows_only_into_the_draft():
                                                            np.random.default_rng(0))])
     student = draft(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
                     attention_mask=batch["attention_mask"]).logits
+    trained = batch["labels"] != -100
     with torch.no_grad():
         target = teacher_distributions(teacher(input_ids=batch["teacher_input_ids"]).logits,
-                                       batch["position_ids"], student.shape[-1])
-    loss = kd_loss(student, target, batch["labels"] != -100)
+                                       batch["position_ids"], trained)
+    loss = kd_loss(student[trained], target)
     loss.backward()
     assert loss.item() > 0
     assert all(p.grad is None for p in teacher.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in draft.parameters())
     # Against itself (K = 1, real positions only) the term vanishes.
     same = copy.deepcopy(draft)
-    real = batch["position_ids"] == torch.arange(batch["position_ids"].shape[1])
+    columns = torch.arange(trained.shape[1]).expand_as(trained)
+    real = (batch["position_ids"] == columns)[trained]  # depth-0 tokens sit at their own position
     with torch.no_grad():
-        own = teacher_distributions(same(input_ids=batch["teacher_input_ids"]).logits, batch["position_ids"],
-                                    student.shape[-1])
-    assert kd_loss(student.detach(), own, real & (batch["labels"] != -100)).item() == pytest.approx(0, abs=1e-5)
+        own = teacher_distributions(same(input_ids=batch["teacher_input_ids"]).logits, batch["position_ids"], trained)
+    assert kd_loss(student.detach()[trained], own, real).item() == pytest.approx(0, abs=1e-5)
 
 
 def test_train_with_distillation(tmp_path, text_file):

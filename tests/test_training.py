@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -11,12 +12,17 @@ from transformers import TrainerCallback
 from helpers import hf_greedy
 from pard import SpeculativeDecoder, load_pair
 from pard.cli import main
+from pard.draft_vocab import attach_subset_head
 from pard.errors import DataError, InvalidArgumentError
 from pard.mask_tokens import choose_mask_token
 from pard.tiny import byte_tokenizer, tiny_model
-from pard.training import CODConfig, DataConfig, TrainConfig, train
+from pard.training import CODConfig, DataConfig, TrainConfig, build_cod_sample, train
+from pard.training.collator import CODCollator
 from pard.training.data import load_training_sequences, tokenize_records
+from pard.training.loss import pard_loss
 from pard.training.rundir import last_complete_checkpoint
+from pard.training.sampler import LengthGroupedSampler
+from pard.training.trainer import CODDataset, scores_only
 
 CODE = [
     "def add(a, b):\n    return a + b\n",
@@ -69,6 +75,72 @@ class Interrupt(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step == 4:
             raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("reduced_head", [False, True])
+def test_head_scoring_only_trained_positions_changes_neither_loss_nor_gradients(reduced_head):
+    """The trainer's fast path (the LM head scores the trained positions alone: no padding, no prompt tokens)
+    against the plain one (score every position, ignore the untrained ones in the loss)."""
+    model = tiny_model("draft", seed=0).train()
+    if reduced_head:
+        attach_subset_head(model, list(range(0, 259, 3)))
+    head = model.get_output_embeddings()
+    rng = np.random.default_rng(0)
+    samples = [build_cod_sample(rng.integers(0, 256, n), CODConfig(3, 0.7, 0.2), [258], rng,
+                                trainable=np.arange(n) >= 5) for n in (24, 15)]  # a prompt, and padding in row 2
+    batch = CODCollator()(samples)
+    labels = batch.pop("labels")
+    if reduced_head:
+        labels = head.to_subset(labels, -100)
+    trained = labels != -100  # (B, L)
+
+    def loss_and_grads(fast: bool):
+        model.zero_grad()
+        if fast:
+            with scores_only(head, trained):
+                logits = model(**batch).logits
+            assert logits.shape[0] == int(trained.sum())
+            loss = pard_loss(logits, labels[trained])
+        else:
+            loss = pard_loss(model(**batch).logits, labels)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    (plain, plain_grads), (fast, fast_grads) = loss_and_grads(False), loss_and_grads(True)
+    assert 0 < int(trained.sum()) < trained.numel()
+    torch.testing.assert_close(fast, plain)
+    assert len(fast_grads) == len(plain_grads) > 0
+    for a, b in zip(fast_grads, plain_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert not head._forward_pre_hooks  # the head scores everything again afterwards
+
+
+def test_length_grouped_batches_literal():
+    lengths = [10, 50, 11, 52, 30, 31, 12, 51, 29, 90]  # (S,) = 10 samples, batches of 3: three full, one short
+    sampler = LengthGroupedSampler(lengths, batch_size=3, seed=0, epoch_of=lambda: 0, window=4)
+    order = sampler.batches(0)
+    assert sorted(order.tolist()) == list(range(10))  # every sample once
+    assert list(sampler) == order.tolist() and len(sampler) == 10
+    assert (order == sampler.batches(0)).all()  # (seed, epoch) decide the order, nothing else
+    assert any((order != sampler.batches(epoch)).any() for epoch in range(1, 6))
+    batches = [sorted(lengths[i] for i in order[j:j + 3]) for j in range(0, 10, 3)]
+    # A window of 4 batches holds this whole epoch: sorted by length, then cut. The longest batch comes first, the
+    # short one last (the loader cuts the stream into batches of 3: these batches).
+    assert batches[0] == [51, 52, 90] and batches[-1] == [10]
+    assert sorted(batches[1:3]) == [[11, 12, 29], [30, 31, 50]]
+
+
+def test_expected_packed_lengths_order_samples_like_their_packed_lengths():
+    tokenizer = byte_tokenizer()
+    cod = CODConfig(4, 0.7, 0.2)
+    chunks = [{"input_ids": list(range(40)), "trainable": [i >= 30 for i in range(40)]},  # a long prompt
+              {"input_ids": list(range(40)), "trainable": [True] * 40},
+              {"input_ids": list(range(20)), "trainable": [True] * 20}]
+    dataset = CODDataset(chunks, cod, [tokenizer.vocab_size], seed=0)
+    expected = dataset.lengths()
+    packed = [np.mean([len(CODDataset(chunks, cod, [256], seed=s)[i]) for s in range(200)]) for i in range(3)]
+    assert expected == pytest.approx(packed, rel=0.03)
+    assert expected[2] < expected[0] < expected[1]  # a prompt gets no mask subtasks: shorter than its length says
 
 
 def test_resume_neither_loses_nor_repeats_steps(tmp_path, code_file):

@@ -81,6 +81,9 @@ class TrainConfig:
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     batch_size: int = field(default=8, metadata={"help": "sequences per device per step"})
     grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps"})
+    group_by_length: bool = field(default=True, metadata={
+        "help": "plain random batches instead of batches of packed samples of similar length (less padding)",
+        "flags": ("--no-group-by-length",)})
     mask_token_ids: list[int] | None = field(
         default=None, metadata={"help": "reuse these token ids as mask tokens (one shared id, or one per depth)",
                                 "flags": ("--mask-token-id",), "metavar": "ID", "exclusive": "mask"}
@@ -161,4 +164,5 @@ class TrainConfig:
         return {"base_model": self.model, "data": list(self.data), "num_draft_tokens": self.cod.num_draft_tokens,
                 "retention": self.cod.retention, "min_retention": self.cod.min_retention,
                 "max_seq_len": self.data_config.max_seq_len, "slice_layers": self.slice_layers,
-                "draft_vocab": self.draft_vocab, "freeze_embeddings": self.freeze_embeddings}
+                "draft_vocab": self.draft_vocab, "freeze_embeddings": self.freeze_embeddings,
+                "group_by_length": self.group_by_length}

@@ -13,33 +13,47 @@ def pard_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy over every trained position of the packed batch — all K subtasks pooled (the sum of
     Eq. 8's per-subtask losses, weighted by how many positions COD kept of each). Labels are not shifted.
 
-    logits (B, L, V), labels (B, L).
+    logits (..., V), labels (...): (B, L, V) and (B, L), or (M, V) and (M,) for the trained positions alone.
     """
-    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                           ignore_index=IGNORE_INDEX)
 
 
-def teacher_distributions(teacher_logits: torch.Tensor, position_ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """The teacher's logits for each packed position (B, L, V).
+def teacher_distributions(teacher_logits: torch.Tensor, position_ids: torch.Tensor,
+                          trained: torch.Tensor) -> torch.Tensor:
+    """The teacher's logits at the M trained positions of the packed batch (M, V), in row-major order.
 
     A kept position at position p (subtask k, chain anchored at x_j) predicts x_{p+1}; the target's distribution for
     that token given the same real prefix is P_target(. | x_0..x_p) — its output at real position p. So one teacher
-    forward over the real sequence, teacher_logits (B, N, V_t), serves all K subtasks: gather at position_ids.
+    forward over the real sequence, teacher_logits (B, N, V), serves all K subtasks: read row p.
+    position_ids, trained (B, L). Cut teacher_logits to the draft's vocabulary first (:func:`draft_columns`): this
+    gather then moves V columns per position, not the teacher's V_t.
     """
+    rows, cols = trained.nonzero(as_tuple=True)  # (M,), (M,)
+    positions = position_ids[rows, cols].clamp(0, teacher_logits.shape[1] - 1)
+    return teacher_logits[rows, positions]
+
+
+def draft_columns(teacher_logits: torch.Tensor, vocab_size: int, token_ids: torch.Tensor | None) -> torch.Tensor:
+    """The teacher's logits (..., V_t) over the draft's vocabulary: aligned to its ``vocab_size``, then restricted
+    to a reduced head's ``token_ids`` (N,) if it has one (the softmax over them renormalises the teacher there)."""
     teacher_logits = align_vocab(teacher_logits, vocab_size)
-    index = position_ids.clamp(0, teacher_logits.shape[1] - 1)[..., None].expand(-1, -1, vocab_size)
-    return teacher_logits.gather(1, index)
+    return teacher_logits if token_ids is None else teacher_logits[..., token_ids]
 
 
 def kd_loss(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor | None = None,
+    temperature: float = 1.0,
 ) -> torch.Tensor:
     """T^2 * mean over masked-in positions of KL(softmax(teacher/T) || softmax(student/T)) (Hinton et al.).
 
-    student_logits, teacher_logits (B, L, V); mask (B, L) bool. The teacher side carries no gradient.
+    student_logits, teacher_logits (..., V); mask (...) bool, default every position. The teacher side carries no
+    gradient.
     """
     t = temperature
-    log_q = F.log_softmax(student_logits.float() / t, dim=-1)  # (B, L, V)
+    log_q = F.log_softmax(student_logits.float() / t, dim=-1)  # (..., V)
     log_p = F.log_softmax(teacher_logits.detach().float() / t, dim=-1)
-    kl = (log_p.exp() * (log_p - log_q)).nan_to_num(0.0).sum(dim=-1)  # (B, L); 0 * -inf where p has no mass
-    count = mask.sum().clamp_min(1)
-    return (kl * mask).sum() / count * t * t
+    kl = (log_p.exp() * (log_p - log_q)).nan_to_num(0.0).sum(dim=-1)  # (...); 0 * -inf where p has no mass
+    if mask is None:
+        return kl.mean() * t * t
+    return (kl * mask).sum() / mask.sum().clamp_min(1) * t * t

@@ -22,7 +22,9 @@ RUN_FILE = "pard_run.json"
 TRAINING_INFO_FILE = "pard_training.json"
 PROGRESS_FILE = "pard_progress.json"
 CHECKPOINT_PREFIX = "checkpoint"  # the Trainer's PREFIX_CHECKPOINT_DIR
-RESUME_KEYS = ("num_draft_tokens", "retention", "min_retention", "max_seq_len")  # must match to resume
+# What must match to resume: the COD layout (else the run is misrecorded) and how batches are drawn (else the rest
+# of the run sees another data order than an uninterrupted run would).
+RESUME_KEYS = ("num_draft_tokens", "retention", "min_retention", "max_seq_len", "group_by_length")
 
 
 def is_finished(output: str | Path) -> bool:

@@ -11,6 +11,7 @@ import math
 import os
 import sys
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ProgressCallback
 
 from ..base_weights import drop_base_tensors
-from ..draft_vocab import attach_subset_head, most_frequent_tokens, subset_head_of
+from ..draft_vocab import SubsetHead, attach_subset_head, most_frequent_tokens
 from ..files import apply_umask, atomic_write_text
 from ..mask_tokens import choose_mask_token, mark_parallel_draft
 from ..models import load_model, load_tokenizer, resolve_device
@@ -30,7 +31,7 @@ from .cod import IGNORE_INDEX, CODConfig, build_cod_sample
 from .collator import CODCollator
 from .config import TrainConfig
 from .data import load_training_sequences
-from .loss import kd_loss, pard_loss, teacher_distributions
+from .loss import draft_columns, kd_loss, pard_loss, teacher_distributions
 from .rundir import (
     CHECKPOINT_PREFIX,
     PROGRESS_FILE,
@@ -41,6 +42,7 @@ from .rundir import (
     last_complete_checkpoint,
     read_progress,
 )
+from .sampler import LengthGroupedSampler
 
 
 class CODDataset(torch.utils.data.Dataset):
@@ -56,6 +58,18 @@ class CODDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.chunks)
+
+    def lengths(self) -> list[float]:
+        """Each sample's expected packed length: its N - 1 real tokens, plus gamma_k (Eq. 11) of the positions
+        subtask k >= 2 can train (those whose label, k tokens ahead, is trainable)."""
+        k_max = self.cod.num_draft_tokens
+        lengths = []
+        for chunk in self.chunks:
+            trainable = np.asarray(chunk["trainable"], dtype=bool)
+            after = np.cumsum(trainable[::-1])[::-1]  # after[i]: trainable tokens at index >= i
+            lengths.append(len(trainable) - 1 + sum(self.cod.retention_of(k) * after[k]
+                                                    for k in range(2, k_max + 1) if k < len(trainable)))
+        return lengths
 
     def __getitem__(self, index: int):
         chunk = self.chunks[int(index)]
@@ -85,8 +99,9 @@ class PardTrainer(Trainer):
     checkpoint carries both in ``pard_progress.json``."""
 
     def __init__(self, *args, teacher=None, kd_weight: float = 1.0, kd_temperature: float = 1.0,
-                 progress: dict | None = None, **kwargs):
+                 progress: dict | None = None, group_by_length: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
+        self.group_by_length = group_by_length
         self.model_accepts_loss_kwargs = False  # our loss is a per-micro-batch mean; let the Trainer scale for GA
         progress = progress or {}
         self.tokens_seen = int(progress.get("packed_tokens_per_process", 0))
@@ -97,24 +112,34 @@ class PardTrainer(Trainer):
         self.teacher = teacher.to(self.args.device).eval().requires_grad_(False) if teacher is not None else None
         self.kd_weight, self.kd_temperature = kd_weight, kd_temperature
 
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if not self.group_by_length:
+            return super()._get_train_sampler(train_dataset)
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return LengthGroupedSampler(dataset.lengths(), self._train_batch_size, seed, lambda: dataset.epoch)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        labels = inputs.pop("labels")
+        labels = inputs.pop("labels")  # (B, L)
         teacher_ids = inputs.pop("teacher_input_ids", None)
         self.tokens_seen += int(labels.numel())
-        outputs = model(**inputs, use_cache=False)  # logits (B, L, V), or (B, L, N) with a reduced head
-        head = subset_head_of(self.model)
-        if head is not None:  # the loss is a softmax over the draft's N tokens: labels mapped into the subset
-            labels = head.to_subset(labels, IGNORE_INDEX)
-        loss = pard_loss(outputs.logits, labels)
+        head = self.model.get_output_embeddings()
+        subset = head if isinstance(head, SubsetHead) else None
+        if subset is not None:  # the loss is a softmax over the draft's N tokens: labels mapped into the subset
+            labels = subset.to_subset(labels, IGNORE_INDEX)
+        trained = labels != IGNORE_INDEX  # (B, L): the M positions the loss reads
+        one_replica = self.args.n_gpu <= 1  # nn.DataParallel (GPUs of one process) splits the batch, not the mask
+        with scores_only(head, trained) if one_replica else nullcontext():
+            outputs = model(**inputs, use_cache=False)
+        logits = outputs.logits if one_replica else outputs.logits[trained]  # (M, V), or (M, N) with a reduced head
+        loss = pard_loss(logits, labels[trained])
         if self.teacher is not None:
             with torch.no_grad():
-                teacher_logits = self.teacher(input_ids=teacher_ids, use_cache=False).logits  # (B, N, V_t)
-            vocab = head.vocab_size if head is not None else outputs.logits.shape[-1]
-            target = teacher_distributions(teacher_logits, inputs["position_ids"], vocab)  # (B, L, V)
-            if head is not None:  # the teacher restricted (and renormalised) to the subset
-                target = target[..., head.token_ids]
-            loss = loss + self.kd_weight * kd_loss(outputs.logits, target, labels != IGNORE_INDEX,
-                                                   self.kd_temperature)
+                teacher_logits = self.teacher(input_ids=teacher_ids, use_cache=False).logits  # (B, N_x, V_t)
+                vocab = subset.vocab_size if subset is not None else logits.shape[-1]
+                teacher_logits = draft_columns(teacher_logits, vocab, subset.token_ids if subset else None)
+                target = teacher_distributions(teacher_logits, inputs["position_ids"], trained)  # like logits
+            loss = loss + self.kd_weight * kd_loss(logits, target, temperature=self.kd_temperature)
         return (loss, outputs) if return_outputs else loss
 
     def train_seconds(self) -> float:
@@ -132,6 +157,19 @@ class PardTrainer(Trainer):
                         "segments": self.all_segments()}
             atomic_write_text(folder / PROGRESS_FILE, json.dumps(progress) + "\n")
         super()._save_checkpoint(model, trial)
+
+
+@contextmanager
+def scores_only(head: torch.nn.Module, rows: torch.Tensor):
+    """While active, the LM ``head`` scores only the hidden states at ``rows`` (B, L) bool, so the model's logits
+    are (M, V) for the M True positions, in row-major order. Nothing else reaches the loss, and for a small draft
+    the head is a quarter of a training step (its matmuls, the softmax over V and its gradient): padding and
+    untrained prompt tokens (a third of a packed batch of chat answers) cost nothing there."""
+    handle = head.register_forward_pre_hook(lambda module, args: (args[0][rows], *args[1:]))  # (B, L, H) -> (M, H)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 class ThroughputProgress(ProgressCallback):
@@ -230,7 +268,7 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
     trainer = PardTrainer(
         model=model, args=args, train_dataset=dataset, data_collator=collator,
         callbacks=[EpochSync(dataset), *(callbacks or [])], teacher=teacher, kd_weight=config.kd_weight,
-        kd_temperature=config.kd_temperature, progress=progress,
+        kd_temperature=config.kd_temperature, progress=progress, group_by_length=config.group_by_length,
     )
 
     if not config.disable_progress:
