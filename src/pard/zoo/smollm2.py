@@ -64,7 +64,7 @@ RECIPES = {
     # distillation, because SmolLM2's forward over each batch would more than double a training step (23 s
     # without it; it added 33 s in a probe) -- the labels already are SmolLM2's own greedy tokens. 120 steps:
     # 46 minutes. A weaker draft than the full recipe's (README).
-    "cpu": SmolDraftRecipe(prompts=640, max_new_tokens=256, regenerate_batch=16, steps=120, kd_weight=0.0),
+    "cpu": SmolDraftRecipe(prompts=640, max_new_tokens=256, regenerate_batch=16, steps=180, kd_weight=0.0),
 }
 
 
