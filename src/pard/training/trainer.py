@@ -21,7 +21,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ProgressCallback
 
 from ..base_weights import drop_base_tensors
-from ..draft_vocab import SubsetHead, attach_subset_head, most_frequent_tokens
+from ..draft_vocab import attach_subset_head, most_frequent_tokens, subset_head_of
 from ..files import apply_umask, atomic_write_text
 from ..mask_tokens import choose_mask_token, mark_parallel_draft
 from ..models import load_model, load_tokenizer, resolve_device
@@ -123,8 +123,7 @@ class PardTrainer(Trainer):
         labels = inputs.pop("labels")  # (B, L)
         teacher_ids = inputs.pop("teacher_input_ids", None)
         self.tokens_seen += int(labels.numel())
-        head = self.model.get_output_embeddings()
-        subset = head if isinstance(head, SubsetHead) else None
+        head, subset = self.model.get_output_embeddings(), subset_head_of(self.model)
         if subset is not None:  # the loss is a softmax over the draft's N tokens: labels mapped into the subset
             labels = subset.to_subset(labels, IGNORE_INDEX)
         trained = labels != IGNORE_INDEX  # (B, L): the M positions the loss reads
@@ -136,8 +135,10 @@ class PardTrainer(Trainer):
         if self.teacher is not None:
             with torch.no_grad():
                 teacher_logits = self.teacher(input_ids=teacher_ids, use_cache=False).logits  # (B, N_x, V_t)
-                vocab = subset.vocab_size if subset is not None else logits.shape[-1]
-                teacher_logits = draft_columns(teacher_logits, vocab, subset.token_ids if subset else None)
+                if subset is None:
+                    teacher_logits = draft_columns(teacher_logits, logits.shape[-1], None)
+                else:
+                    teacher_logits = draft_columns(teacher_logits, subset.vocab_size, subset.token_ids)
                 target = teacher_distributions(teacher_logits, inputs["position_ids"], trained)  # like logits
             loss = loss + self.kd_weight * kd_loss(logits, target, temperature=self.kd_temperature)
         return (loss, outputs) if return_outputs else loss

@@ -61,9 +61,9 @@ RECIPES = {
     "full": SmolDraftRecipe(),
     # Sized for 2 CPU cores and 2 hours (measured on an AMD EPYC Zen 3): an answer costs ~3 s there (batch 16,
     # compiled steps), so fewer and shorter answers (896 with 256 GSM8K questions: 46 minutes); and no
-    # distillation, because SmolLM2's forward over each batch would more than double a training step (23 s
-    # without it; it added 33 s in a probe) -- the labels already are SmolLM2's own greedy tokens. 120 steps:
-    # 46 minutes. A weaker draft than the full recipe's (README).
+    # distillation, because SmolLM2's forward over each batch would more than double a training step (16.7 s
+    # without it; it added 33 s in a probe) -- the labels already are SmolLM2's own greedy tokens. 180 steps:
+    # 50 minutes. A weaker draft than the full recipe's (README).
     "cpu": SmolDraftRecipe(prompts=640, max_new_tokens=256, regenerate_batch=16, steps=180, kd_weight=0.0),
 }
 
