@@ -183,19 +183,20 @@ def train_config(data, output, **overrides):
     return TrainConfig(**base)
 
 
-@pytest.mark.parametrize("into_epoch", [2, 4])  # killed inside the second epoch, whose COD patterns differ
-def test_killed_and_resumed_run_equals_an_uninterrupted_one(tmp_path, data, into_epoch):
+# Killed inside the second epoch, whose COD patterns (and length-grouped batches) differ from the first's.
+@pytest.mark.parametrize(("into_epoch", "grouped"), [(2, True), (4, True), (4, False)])
+def test_killed_and_resumed_run_equals_an_uninterrupted_one(tmp_path, data, into_epoch, grouped):
     from pard.training import train
 
     straight = StepLosses()
-    train(train_config(data, tmp_path / "a"), callbacks=[straight])
+    train(train_config(data, tmp_path / "a", group_by_length=grouped), callbacks=[straight])
     steps_per_epoch = max(straight.losses) // 3
     kill_at = steps_per_epoch + into_epoch
     assert kill_at < 2 * steps_per_epoch
     with pytest.raises(KeyboardInterrupt):
-        train(train_config(data, tmp_path / "b"), callbacks=[StepLosses(stop_at=kill_at)])
+        train(train_config(data, tmp_path / "b", group_by_length=grouped), callbacks=[StepLosses(stop_at=kill_at)])
     resumed = StepLosses()
-    train(train_config(data, tmp_path / "b", resume=True), callbacks=[resumed])
+    train(train_config(data, tmp_path / "b", group_by_length=grouped, resume=True), callbacks=[resumed])
     resumed_from = min(resumed.losses) - 1  # the last checkpoint the killed run completed
     assert kill_at - 1 <= resumed_from <= kill_at and max(resumed.losses) == max(straight.losses)
     for step, loss in resumed.losses.items():
@@ -206,16 +207,19 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one(tmp_path, data, into
     assert b["train_seconds"] > 0 and [s["to_step"] for s in b["segments"]] == [resumed_from, a["steps"]]
 
 
-def test_resume_with_other_cod_settings_is_refused(tmp_path, data, capsys):
+def test_resume_with_other_cod_or_batching_settings_is_refused(tmp_path, data, capsys):
     from pard.training import train
 
     with pytest.raises(KeyboardInterrupt):
         train(train_config(data, tmp_path / "run", epochs=1), callbacks=[StepLosses(stop_at=2)])
+    capsys.readouterr()  # the interrupted run's own progress output is not the refusal's
     before = snapshot(tmp_path / "run")
     args = ["train", "--model", "tiny:draft", "--data", str(data), "--output", str(tmp_path / "run"), "--resume",
             "--max-seq-len", "24"]
     one_line_error(capsys, main([*args, "-k", "8", "--r", "0.6"]), "num_draft_tokens 4 -> 8")
     one_line_error(capsys, main([*args, "-k", "4", "--r", "0.9"]), "retention 0.6 -> 0.9")
+    one_line_error(capsys, main([*args, "-k", "4", "--r", "0.6", "--no-group-by-length"]),
+                   "group_by_length True -> False")  # the rest of the run would see another data order
     assert snapshot(tmp_path / "run") == before
 
 
