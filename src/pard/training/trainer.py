@@ -127,10 +127,11 @@ class PardTrainer(Trainer):
         if subset is not None:  # the loss is a softmax over the draft's N tokens: labels mapped into the subset
             labels = subset.to_subset(labels, IGNORE_INDEX)
         trained = labels != IGNORE_INDEX  # (B, L): the M positions the loss reads
-        one_replica = self.args.n_gpu <= 1  # nn.DataParallel (GPUs of one process) splits the batch, not the mask
-        with scores_only(head, trained) if one_replica else nullcontext():
+        # Not under nn.DataParallel (GPUs of one process), which splits the batch but not the mask
+        fast = self.args.n_gpu <= 1 and head is not None
+        with scores_only(head, trained) if fast else nullcontext():
             outputs = model(**inputs, use_cache=False)
-        logits = outputs.logits if one_replica else outputs.logits[trained]  # (M, V), or (M, N) with a reduced head
+        logits = outputs.logits if fast else outputs.logits[trained]  # (M, V), or (M, N) with a reduced head
         loss = pard_loss(logits, labels[trained])
         if self.teacher is not None:
             with torch.no_grad():
