@@ -303,6 +303,39 @@ def test_bench_accepts_a_pair_whose_output_layers_differ_but_tokenizers_agree(tm
     assert code == 0, capsys.readouterr().err
 
 
+def test_ctrl_c_inside_a_finalizer_still_stops_the_command_in_one_line(monkeypatch, capsys):
+    """Python swallows a KeyboardInterrupt raised in a ``__del__`` (it prints a traceback and runs on); this once
+    happened to the start-up test below, a Ctrl-C landing in a garbage-collected ``regex`` object."""
+    import argparse
+
+    import pard.cli
+
+    class Finalized:
+        def __del__(self):
+            raise KeyboardInterrupt  # where the Ctrl-C lands
+
+    def command(args):
+        Finalized()  # collected at once
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # the rest of the command, which must not run to its end
+            pass
+        return 0
+
+    def parser():
+        p = argparse.ArgumentParser(prog="pard")
+        p.add_argument("--debug", action="store_true")
+        p.set_defaults(func=command)
+        return p
+
+    monkeypatch.setattr(pard.cli, "build_parser", parser)
+    hook = sys.unraisablehook
+    started = time.monotonic()
+    assert main([]) == 130
+    assert time.monotonic() - started < 10
+    assert capsys.readouterr().err == "pard: interrupted\n"
+    assert sys.unraisablehook is hook  # restored for the API user who called main()
+
+
 def test_ctrl_c_during_start_up_is_one_line():
     pard = Path(sys.executable).with_name("pard")
     for delay in (0.3, 0.8):

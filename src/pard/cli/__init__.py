@@ -8,9 +8,12 @@ before :func:`main` is running.
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import os
 import sys
+import threading
+from functools import partial
 
 COMMAND_GROUPS = ("generate", "train", "bench", "data", "interop", "zoo")
 
@@ -29,9 +32,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _redeliver_interrupts(others, unraisable) -> None:
+    """``sys.unraisablehook`` while :func:`main` runs. A Ctrl-C that lands inside a finalizer (a ``__del__`` run by
+    the garbage collector, e.g. in the ``regex`` module during start-up imports) is swallowed by Python: it prints
+    "Exception ignored in ..." with a traceback, and the command runs on. Deliver it again to the main thread, where
+    :func:`main` turns it into one line and exit code 130. Other unraisable exceptions go to ``others``."""
+    if issubclass(unraisable.exc_type, KeyboardInterrupt):
+        # Not from here: raised inside this hook it would be swallowed again. A timer thread sends it once the
+        # hook has returned (should it land in another finalizer, this hook sends it once more).
+        threading.Timer(0.05, _thread.interrupt_main).start()
+    else:
+        others(unraisable)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = partial(_redeliver_interrupts, previous_hook)
     try:
         args = build_parser().parse_args(argv)
         if not args.debug:
@@ -62,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         # anything unexpected still gets one line
         print(f"pard: error: {type(err).__name__}: {err} (run with --debug for the traceback)", file=sys.stderr)
         return 1
+    finally:
+        sys.unraisablehook = previous_hook
 
 
 if __name__ == "__main__":
