@@ -8,7 +8,9 @@ Light on purpose: building the command line imports this module, not torch, the 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
 
 from ..errors import InvalidArgumentError
 
@@ -43,10 +45,16 @@ class CODConfig:
         """gamma_k = max(r^(k-1), r_min): the kept fraction of subtask k (1-based). Eq. 11."""
         return max(self.retention ** (k - 1), self.min_retention)
 
-    def expected_tokens(self, num_tokens: int) -> float:
-        """Expected sample length for a sequence of ``num_tokens`` tokens (no label masking): sum_k N_k gamma_k,
-        with N_k = N - k positions for subtask k. Tends to Eq. 10/11's N * sum_k gamma_k for N >> K."""
-        return sum(max(num_tokens - k, 0) * self.retention_of(k) for k in range(1, self.num_draft_tokens + 1))
+    def expected_tokens(self, num_tokens: int, trainable: Sequence[bool] | None = None) -> float:
+        """Expected sample length for a sequence of ``num_tokens`` tokens: sum_k N_k gamma_k, with N_k positions
+        for subtask k. Without label masking N_k = N - k, and this tends to Eq. 10/11's N * sum_k gamma_k for
+        N >> K. With ``trainable`` (per token), subtask 1 still holds all N - 1 real tokens, but a subtask k >= 2
+        keeps only positions whose label x_{j+k} is trainable: N_k = trainable tokens at index >= k."""
+        if trainable is None:
+            trainable = [True] * num_tokens
+        after = list(accumulate(int(t) for t in reversed(trainable)))[::-1] + [0]  # after[i]: trainable at >= i
+        return max(num_tokens - 1, 0) + sum(after[min(k, num_tokens)] * self.retention_of(k)
+                                            for k in range(2, self.num_draft_tokens + 1))
 
 
 @dataclass

@@ -60,16 +60,8 @@ class CODDataset(torch.utils.data.Dataset):
         return len(self.chunks)
 
     def lengths(self) -> list[float]:
-        """Each sample's expected packed length: its N - 1 real tokens, plus gamma_k (Eq. 11) of the positions
-        subtask k >= 2 can train (those whose label, k tokens ahead, is trainable)."""
-        k_max = self.cod.num_draft_tokens
-        lengths = []
-        for chunk in self.chunks:
-            trainable = np.asarray(chunk["trainable"], dtype=bool)
-            after = np.cumsum(trainable[::-1])[::-1]  # after[i]: trainable tokens at index >= i
-            lengths.append(len(trainable) - 1 + sum(self.cod.retention_of(k) * after[k]
-                                                    for k in range(2, k_max + 1) if k < len(trainable)))
-        return lengths
+        """Each sample's expected packed length (Eq. 11, counting only positions with a trainable label)."""
+        return [self.cod.expected_tokens(len(c["input_ids"]), c["trainable"]) for c in self.chunks]
 
     def __getitem__(self, index: int):
         chunk = self.chunks[int(index)]
@@ -136,10 +128,8 @@ class PardTrainer(Trainer):
         if self.teacher is not None:
             with torch.no_grad():
                 teacher_logits = self.teacher(input_ids=teacher_ids, use_cache=False).logits  # (B, N_x, V_t)
-                if subset is None:
-                    teacher_logits = draft_columns(teacher_logits, logits.shape[-1], None)
-                else:
-                    teacher_logits = draft_columns(teacher_logits, subset.vocab_size, subset.token_ids)
+                vocab, columns = (logits.shape[-1], None) if subset is None else (subset.vocab_size, subset.token_ids)
+                teacher_logits = draft_columns(teacher_logits, vocab, columns)
                 target = teacher_distributions(teacher_logits, inputs["position_ids"], trained)  # like logits
             loss = loss + self.kd_weight * kd_loss(logits, target, temperature=self.kd_temperature)
         return (loss, outputs) if return_outputs else loss
