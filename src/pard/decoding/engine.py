@@ -35,10 +35,13 @@ METHODS = ("ar", "vsd", "pard")
 
 @dataclass
 class GenerationOutput:
-    """sequences: per row, the generated token ids (prompt excluded, EOS included when hit); stats: counters."""
+    """sequences: per row, the generated token ids (prompt excluded, EOS included when hit); stats: counters;
+    top_logprobs: with ``generate(top_logprobs=n)``, per row (log-probabilities (T, n), ids (T, n)) of the target's n
+    most likely tokens at each of its T generated positions, else None."""
 
     sequences: list[list[int]]
     stats: GenerationStats
+    top_logprobs: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 class SpeculativeDecoder:
@@ -165,6 +168,7 @@ class SpeculativeDecoder:
         eos_token_id: int | Sequence[int] | None = None,
         seed: int | None = None,
         streamer=None,
+        top_logprobs: int = 0,
     ) -> GenerationOutput:
         """Generate up to ``max_new_tokens`` per row.
 
@@ -175,6 +179,9 @@ class SpeculativeDecoder:
             eos_token_id: one or several ids; a row stops after emitting any of them.
             seed: seeds the sampling generator (reproducible sampled output).
             streamer: a Hugging Face ``TextStreamer``-like object (``put``/``end``), batch size 1 only.
+            top_logprobs: also return, for every generated token, the target's n most likely tokens and their
+                log-probabilities (temperature 1): the distribution the token was drawn from or checked against.
+                What is generated does not change. ``pard regenerate`` stores them for distillation.
         """
         sampling = sampling or SamplingConfig()
         prompts = _as_token_lists(prompts, attention_mask)
@@ -182,6 +189,8 @@ class SpeculativeDecoder:
             raise InvalidArgumentError("no prompts given")
         if streamer is not None and len(prompts) > 1:
             raise InvalidArgumentError("streaming supports one prompt at a time")
+        if top_logprobs < 0:
+            raise InvalidArgumentError(f"top_logprobs must be >= 0, got {top_logprobs}")
         eos_ids = _as_id_set(eos_token_id)
         budgets = self._budgets(prompts, max_new_tokens)
         device = self.target.device
@@ -195,6 +204,7 @@ class SpeculativeDecoder:
         stats.accepted_lengths = [[] for _ in prompts]
         stats.drafted_lengths = [[] for _ in prompts]
         outputs: list[list[int]] = [[] for _ in prompts]
+        tops: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in prompts]  # per row, per step
         started = time.perf_counter()
 
         # Committed tokens, right-padded; room for the longest row plus one step of K + 1 provisional writes.
@@ -242,7 +252,8 @@ class SpeculativeDecoder:
             # Draft no further than the longest remaining budget needs: k + 1 tokens come out of a full accept.
             k = min(self.num_draft_tokens, int(remaining.max()) - 1)
             compiling = compiled_so_far()
-            step = speculative_step(target, proposer, chooser, sequences, lengths, k, sampling, generator)
+            step = speculative_step(target, proposer, chooser, sequences, lengths, k, sampling, generator,
+                                    top_logprobs)
             # A shape met for the first time compiles inside its pass: that is not decoding time.
             target_compile, *draft_compile = (now - before for now, before in zip(compiled_so_far(), compiling))
             draft_compile = sum(draft_compile)
@@ -257,6 +268,7 @@ class SpeculativeDecoder:
                 chooser.observe(k, step.confidence, accepted, step.draft_seconds, step.verify_seconds)
 
             # Book-keeping on the host: per-row stats, budgets, EOS.
+            top = [t.cpu() for t in step.top_logprobs] if step.top_logprobs is not None else None
             keep = []
             for j, (row, a, tokens) in enumerate(zip(rows.tolist(), accepted.tolist(), new_tokens.tolist())):
                 stats.accepted_lengths[row].append(a)
@@ -266,6 +278,8 @@ class SpeculativeDecoder:
                 if hit:
                     tokens = tokens[: hit[0] + 1]
                 outputs[row].extend(tokens)
+                if top is not None:
+                    tops[row].append((top[0][j, : len(tokens)], top[1][j, : len(tokens)]))  # 2 x (tokens, n)
                 remaining[j] -= len(tokens)
                 if streamer is not None:
                     streamer.put(torch.tensor(tokens))
@@ -285,7 +299,8 @@ class SpeculativeDecoder:
         stats.tokens = sum(len(out) for out in outputs)
         stats.draft_forwards = proposer.draft_forwards if proposer is not None else 0
         stats.total_seconds = time.perf_counter() - started - stats.compile_seconds
-        return GenerationOutput(outputs, stats)
+        top_logprobs_out = [tuple(torch.cat(parts) for parts in zip(*row)) for row in tops] if top_logprobs else None
+        return GenerationOutput(outputs, stats, top_logprobs_out)
 
 
 def _as_token_lists(prompts, attention_mask) -> list[list[int]]:

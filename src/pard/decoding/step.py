@@ -24,7 +24,10 @@ class StepResult:
     k: draft tokens verified (the same for every row); accepted (B,): a, draft tokens each row accepted;
     new_tokens (B, k+1): the step's tokens per row (the first a + 1 are committed: accepted drafts, then the
     target's correction or bonus token); lengths (B,): committed tokens per row afterwards; confidence (B, k_max)
-    the draft's q(d_i) when `-k auto` asked for it; draft_seconds / verify_seconds: wall-clock of both phases.
+    the draft's q(d_i) when `-k auto` asked for it; draft_seconds / verify_seconds: wall-clock of both phases;
+    top_logprobs: when asked for n of them, the target's n most likely tokens at each of the k + 1 positions, as
+    (log-probabilities (B, k+1, n), ids (B, k+1, n)), of the distribution each new token was drawn from or checked
+    against (temperature 1, before any sampling filter).
     """
 
     k: int
@@ -34,6 +37,7 @@ class StepResult:
     confidence: torch.Tensor | None
     draft_seconds: float
     verify_seconds: float
+    top_logprobs: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 def speculative_step(
@@ -45,12 +49,15 @@ def speculative_step(
     k: int,
     sampling: SamplingConfig,
     generator: torch.Generator | None,
+    top_logprobs: int = 0,
 ) -> StepResult:
     """Draft up to k tokens per row, verify them in one target pass, commit the accepted prefix + one token.
 
     sequences (B, L) holds row i's committed tokens at [0, lengths[i]) and receives the step's tokens in place.
     Invariant kept: the target's cache holds every committed token but each row's last one, which opens the
     verification pass [x_last, d_1..d_k] -> k + 1 target distributions (the proposer's cache holds at most that).
+    ``top_logprobs`` = n > 0 also returns the n most likely tokens of each of those distributions (read only:
+    what is committed does not change).
     """
     device = sequences.device
     tick = time.perf_counter()
@@ -84,8 +91,11 @@ def speculative_step(
         proposer.rollback(lengths + accepted)
     synchronize(device)
     confidence = offered.confidence if offered is not None else None
+    top = None
+    if top_logprobs:
+        top = tuple(torch.log_softmax(logits.float(), dim=-1).topk(top_logprobs, dim=-1))  # 2 x (B, k+1, n)
     return StepResult(k, accepted, new_tokens, lengths + accepted + 1, confidence, tock - tick,
-                      time.perf_counter() - tock)
+                      time.perf_counter() - tock, top)
 
 
 def synchronize(device: torch.device) -> None:
