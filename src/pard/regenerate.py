@@ -9,6 +9,12 @@ What it never does: touch a file it did not write (an ``--output`` holding anyth
 before a byte changes), read and write the same file, run twice into one output at once (a lock), or lose a
 record to an id collision (records without ids get ``ABSOLUTE_PATH:INDEX``, so ``./x.jsonl`` and ``x.jsonl`` agree;
 duplicate ids in the input are refused).
+
+With ``top_logprobs`` = n, each record also keeps the target's n most likely tokens at every position it wrote
+(field ``top_logprobs``: one entry per completion, with the generated ``tokens``, their ``ids`` (T, n) and
+``logprobs`` (T, n), and where the completion sits: the assistant ``message`` index, or the token ``offset`` of a
+plain-text continuation). The target computes those distributions anyway, so `pard train --distill-from data`
+distills from them without running the target again.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
 from .decoding import SamplingConfig, SpeculativeDecoder
@@ -30,8 +37,10 @@ from .models import load_pair
 from .prompts import eos_token_ids, has_chat_template, render_chat
 from .training.config import DataConfig
 from .training.data import load_records
+from .training.stored_teacher import RECORD_FIELD
 
 REGENERATED_BY = "regenerated_by"  # the field that marks a record this command wrote
+LOGPROB_FLOOR = -100.0  # stored log-probabilities are clamped here (JSON has no -inf; exp(-100) is 0 for training)
 
 
 @dataclass
@@ -54,6 +63,7 @@ class RegenerateConfig:
     device: str = "auto"
     trust_remote_code: bool = False
     engine: str = "auto"  # see pard.decoding.engines
+    top_logprobs: int = 0  # also store the target's n most likely tokens at each written position (distillation)
 
 
 @dataclass
@@ -70,7 +80,7 @@ def regenerate(config: RegenerateConfig) -> Path:
     _validate(config)
     output = Path(config.output)
     with exclusive_lock(output, "the regenerated dataset"):
-        done = _finished_ids(output)  # refuses a file it did not write, before anything changes
+        done = _finished_ids(output, config.top_logprobs)  # refuses a file it did not write, before anything changes
         pair = load_pair(config.target, config.draft, dtype=config.dtype, device=config.device,
                          trust_remote_code=config.trust_remote_code)
         eos = eos_token_ids(pair.tokenizer, pair.target)
@@ -94,8 +104,9 @@ def regenerate(config: RegenerateConfig) -> Path:
                     completions = [[c] for c in flat]
                 lines = []
                 for job, outs in zip(batch, completions):
-                    lines.append(json.dumps(_rewrite(job, outs, pair.tokenizer, config), ensure_ascii=False) + "\n")
-                    tokens += sum(map(len, outs))
+                    lines.append(json.dumps(_rewrite(job, outs, pair.tokenizer, config, eos), ensure_ascii=False)
+                                 + "\n")
+                    tokens += sum(len(out.tokens) for out in outs)
                 if sink is None:  # opened with the first finished batch: a run that fails early leaves no file
                     sink = output.open("a", encoding="utf-8")
                 sink.write("".join(lines))
@@ -118,6 +129,8 @@ def _validate(config: RegenerateConfig) -> None:
         raise InvalidArgumentError(f"prefix fraction must be in (0, 1), got {config.prefix_fraction}")
     if config.prefix_tokens is not None and config.prefix_tokens < 1:
         raise InvalidArgumentError(f"--prefix-tokens must be >= 1, got {config.prefix_tokens}")
+    if config.top_logprobs < 0:
+        raise InvalidArgumentError(f"--top-logprobs must be >= 0, got {config.top_logprobs}")
     for name, value in [("--batch-size", config.batch_size), ("--max-new-tokens", config.max_new_tokens),
                         ("-k", config.num_draft_tokens if config.num_draft_tokens != "auto" else 1),
                         ("--max-k", config.max_draft_tokens)]:
@@ -139,8 +152,9 @@ def _validate(config: RegenerateConfig) -> None:
     check_writable(output.parent)
 
 
-def _finished_ids(output: Path) -> set[str]:
-    """Ids already written. Reads only: a file that holds anything but this command's records is refused."""
+def _finished_ids(output: Path, top_logprobs: int = 0) -> set[str]:
+    """Ids already written. Reads only: a file that holds anything but this command's records is refused, and so
+    is one whose records have (or lack) the target's distributions when this run would not (or would) store them."""
     if not output.exists():
         return set()
     data = output.read_bytes()
@@ -162,6 +176,10 @@ def _finished_ids(output: Path) -> set[str]:
             raise refuse from None
         if not (isinstance(record, dict) and REGENERATED_BY in record and "id" in record):
             raise refuse
+        if (RECORD_FIELD in record) != bool(top_logprobs):
+            raise DataError(f"{output}: its records were written {'with' if RECORD_FIELD in record else 'without'} "
+                            f"--top-logprobs and this run is {'with' if top_logprobs else 'without'}; resume with "
+                            "the same setting, or choose another --output")
         ids.add(record["id"])
     # A torn last line is ours only if what precedes it is ours, or it starts the way our records start.
     if torn and not ids and not torn.startswith(b'{"id": '):
@@ -220,27 +238,55 @@ def _prompts(record: dict, tokenizer, config: RegenerateConfig, where: str) -> l
     return [ids[:keep]]
 
 
-def _generate(decoder, prompts, seed_key: str, config: RegenerateConfig, eos) -> list[list[int]]:
+@dataclass
+class _Completion:
+    """One generated completion: its tokens (EOS included when hit) and, with --top-logprobs, the target's top
+    log-probabilities and ids at each of them, (T, n) each."""
+
+    tokens: list[int]
+    top_logprobs: torch.Tensor | None = None
+    top_ids: torch.Tensor | None = None
+
+
+def _generate(decoder, prompts, seed_key: str, config: RegenerateConfig, eos) -> list[_Completion]:
     # Sampling seed from the batch's first record id (greedy output never depends on it).
     seed = zlib.crc32(f"{config.seed}:{seed_key}".encode())
     out = decoder.generate(prompts, max_new_tokens=config.max_new_tokens, sampling=config.sampling,
-                           eos_token_id=eos, seed=seed)
-    return [[t for t in seq if t not in eos] for seq in out.sequences]  # EOS is re-added by the data pipeline
+                           eos_token_id=eos, seed=seed, top_logprobs=config.top_logprobs)
+    tops = out.top_logprobs or [(None, None)] * len(out.sequences)
+    return [_Completion(seq, *top) for seq, top in zip(out.sequences, tops)]
 
 
-def _rewrite(job: _Job, outputs: list[list[int]], tokenizer, config: RegenerateConfig) -> dict:
+def _rewrite(job: _Job, outputs: list[_Completion], tokenizer, config: RegenerateConfig, eos) -> dict:
+    """The output record. The text drops EOS (the data pipeline adds the end of a turn or document back); the
+    stored distributions keep its position, where the target chose to stop."""
     dc = config.data_config
     record = {"id": job.id}
+
+    def text(tokens):
+        return tokenizer.decode([t for t in tokens if t not in eos], skip_special_tokens=True)
+
+    where = []
     if job.record.get(dc.messages_field):
         turns = iter(outputs)
-        record[dc.messages_field] = [
-            {"role": m["role"], "content": tokenizer.decode(next(turns), skip_special_tokens=True)}
-            if m["role"] == "assistant" else {"role": m["role"], "content": m["content"]}
-            for m in job.record[dc.messages_field]
-        ]
+        messages = []
+        for i, m in enumerate(job.record[dc.messages_field]):
+            if m["role"] == "assistant":
+                messages.append({"role": m["role"], "content": text(next(turns).tokens)})
+                where.append({"message": i})
+            else:
+                messages.append({"role": m["role"], "content": m["content"]})
+        record[dc.messages_field] = messages
     else:
-        record[dc.text_field] = tokenizer.decode(job.prompts[0] + outputs[0], skip_special_tokens=True)
+        record[dc.text_field] = text(job.prompts[0] + outputs[0].tokens)
+        where.append({"offset": len(job.prompts[0])})
     record[REGENERATED_BY] = config.target
+    if config.top_logprobs:
+        record[RECORD_FIELD] = [
+            {**place, "tokens": out.tokens, "ids": out.top_ids.tolist(),
+             "logprobs": [[round(x, 4) for x in row] for row in out.top_logprobs.clamp_min(LOGPROB_FLOOR).tolist()]}
+            for place, out in zip(where, outputs)
+        ]
     return record
 
 

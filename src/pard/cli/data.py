@@ -23,6 +23,9 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--limit", type=int, help="only the first N records")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--top-logprobs", type=int, default=0, metavar="N",
+                   help="also store the target's N most likely tokens and log-probabilities at every written "
+                        "position, for `pard train --distill-from data` (about 13 bytes per token and N)")
     p.add_argument("--text-field", default="text")
     p.add_argument("--messages-field", default="messages")
     add_engine_option(p)
@@ -42,6 +45,7 @@ def run(args) -> int:
         sampling=SamplingConfig(args.temperature, None, args.top_p), batch_size=args.batch_size, seed=args.seed,
         limit=args.limit, data_config=DataConfig(text_field=args.text_field, messages_field=args.messages_field),
         dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code, engine=args.engine,
+        top_logprobs=args.top_logprobs,
     )
     print(f"wrote {regenerate(config)}", file=sys.stderr)
     return 0

@@ -48,6 +48,9 @@ class PackedSample:
     anchors: np.ndarray  # position of the last real token visible to this token
     depths: np.ndarray  # 0 = real token, d = d-th mask token of its chain
     source_ids: np.ndarray | None = None  # x_0..x_{N-1}, what a distillation teacher reads
+    # With stored target distributions (--distill-from data): each position's label's top-n, (L, n) each
+    teacher_ids: np.ndarray | None = None  # int64, -1 = no entry
+    teacher_logprobs: np.ndarray | None = None  # float32
 
     def __len__(self) -> int:
         return len(self.input_ids)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +18,7 @@ class CODCollator:
     (True = attend) for ``sdpa``/``flex_attention``, additive float (0 / dtype min) for ``eager``. Hugging Face
     models take a 4-D mask as is, so the packed layout needs no model changes. Labels are *not* shifted: the loss
     compares logits[:, t] with labels[:, t]. Batches without mask tokens (K = 1) get no mask: causal is exact.
+    Samples that carry stored target distributions add ``teacher_ids`` and ``teacher_logprobs`` (B, L, n).
     """
 
     pad_token_id: int = 0
@@ -48,6 +50,13 @@ class CODCollator:
             "labels": stack("labels", IGNORE_INDEX),
             "position_ids": stack("position_ids", 0),
         }
+        if samples[0].teacher_ids is not None:  # stored target distributions: (B, L, n), padded with no entries
+            n = samples[0].teacher_ids.shape[1]
+            ids, logprobs = torch.full((len(samples), width, n), -1), torch.full((len(samples), width, n), -math.inf)
+            for i, s in enumerate(samples):
+                ids[i, : len(s)] = torch.from_numpy(s.teacher_ids)
+                logprobs[i, : len(s)] = torch.from_numpy(s.teacher_logprobs)
+            batch["teacher_ids"], batch["teacher_logprobs"] = ids, logprobs
         if self.with_source:
             source = torch.full((len(samples), max(len(s.source_ids) for s in samples)), self.pad_token_id)
             for i, s in enumerate(samples):

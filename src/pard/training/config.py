@@ -14,6 +14,8 @@ from itertools import accumulate
 
 from ..errors import InvalidArgumentError
 
+DISTILL_FROM_DATA = "data"  # --distill-from data: the target's distributions stored by pard regenerate
+
 
 @dataclass(frozen=True)
 class CODConfig:
@@ -126,7 +128,10 @@ class TrainConfig:
     disable_progress: bool = field(default=False, metadata={"help": "no progress bar (logs only)",
                                                             "flags": ("--no-progress",)})
     distill_from: str | None = field(
-        default=None, metadata={"help": "add a KL term towards this target's distributions (token-level alignment)",
+        default=None, metadata={"help": "add a KL term towards this target's distributions (token-level alignment); "
+                                        "'data': the target's top-N stored in the data by `pard regenerate "
+                                        "--top-logprobs N`, so the target never runs in training (a model "
+                                        "directory named data: ./data)",
                                 "metavar": "TARGET"}
     )
     kd_weight: float = field(default=1.0, metadata={"help": "weight of the distillation term"})

@@ -16,6 +16,7 @@ import datasets
 from ..errors import DataError
 from ..prompts import render_chat
 from .config import DataConfig
+from .stored_teacher import RECORD_FIELD, TEACHER_IDS, TEACHER_LOGPROBS, align_rows
 
 _BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text"}
 
@@ -85,21 +86,32 @@ def check_json_file(path: Path) -> None:
             raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
 
 
-def tokenize_records(records: datasets.Dataset, tokenizer, config: DataConfig, source: str) -> datasets.Dataset:
-    """Records -> ``input_ids`` and ``trainable`` (per-token bool: is this token a training target)."""
+def tokenize_records(records: datasets.Dataset, tokenizer, config: DataConfig, source: str,
+                     stored_teacher: bool = False) -> datasets.Dataset:
+    """Records -> ``input_ids`` and ``trainable`` (per-token bool: is this token a training target); with
+    ``stored_teacher``, also the target's stored distributions per token (:mod:`.stored_teacher`; none for records
+    without them, e.g. original data mixed with regenerated)."""
     columns = records.column_names
     if config.messages_field in columns:
         if not getattr(tokenizer, "chat_template", None):
             raise DataError(f"{source}: chat records ('{config.messages_field}') need a tokenizer with a chat template")
-        fn = _ChatEncoder(tokenizer, config, source)
+        fn = _ChatEncoder(tokenizer, config, source, stored_teacher)
     elif config.text_field in columns:
-        fn = _TextEncoder(tokenizer, config, source)
+        fn = _TextEncoder(tokenizer, config, source, stored_teacher)
     else:
         raise DataError(
             f"{source}: records have neither a '{config.text_field}' nor a '{config.messages_field}' field "
             f"(fields: {', '.join(columns) or 'none'}); choose the field with --text-field"
         )
-    return records.map(fn, with_indices=True, remove_columns=columns, desc=f"tokenizing {source}")
+    features = None
+    if stored_teacher:  # declared: a batch whose rows are all empty would otherwise be typed list<null>
+        features = datasets.Features({
+            "input_ids": datasets.List(datasets.Value("int64")), "trainable": datasets.List(datasets.Value("bool")),
+            TEACHER_IDS: datasets.List(datasets.List(datasets.Value("int64"))),
+            TEACHER_LOGPROBS: datasets.List(datasets.List(datasets.Value("float32"))),
+        })
+    return records.map(fn, with_indices=True, remove_columns=columns, features=features,
+                       desc=f"tokenizing {source}")
 
 
 @dataclass
@@ -107,6 +119,7 @@ class _TextEncoder:
     tokenizer: object
     config: DataConfig
     source: str
+    stored_teacher: bool = False
 
     def __call__(self, record, index):
         text = record[self.config.text_field]
@@ -115,7 +128,10 @@ class _TextEncoder:
         ids = list(self.tokenizer(text)["input_ids"])
         if self.tokenizer.eos_token_id is not None:
             ids.append(self.tokenizer.eos_token_id)  # documents end, so the draft learns to predict the end
-        return {"input_ids": ids, "trainable": [True] * len(ids)}
+        out = {"input_ids": ids, "trainable": [True] * len(ids)}
+        if self.stored_teacher:  # a continuation starts after its prompt's tokens
+            out.update(align_rows(ids, ((e["offset"], e) for e in record.get(RECORD_FIELD) or [])))
+        return out
 
 
 @dataclass
@@ -123,18 +139,31 @@ class _ChatEncoder:
     tokenizer: object
     config: DataConfig
     source: str
+    stored_teacher: bool = False
 
     def __call__(self, record, index):
         messages = record[self.config.messages_field]
         if not messages or not all(isinstance(m, dict) and "role" in m and "content" in m for m in messages):
             raise DataError(f"{self.source}: record {index} has no valid messages (need role and content)")
         ids = render_chat(self.tokenizer, messages)
-        if not self.config.assistant_only:
-            return {"input_ids": ids, "trainable": [True] * len(ids)}
-        # Assistant spans by prefix differences: render the conversation up to each assistant turn (with the
-        # generation prompt) and up to its end; the tokens in between are that turn. Works for any template
-        # whose renderings of prefixes are prefixes of the whole.
-        trainable = [False] * len(ids)
+        out = {"input_ids": ids, "trainable": [True] * len(ids)}
+        if not (self.config.assistant_only or self.stored_teacher):
+            return out
+        spans = self._assistant_spans(messages, ids, index)
+        if self.config.assistant_only:
+            out["trainable"] = [False] * len(ids)
+            for start, end in spans.values():
+                out["trainable"][start:end] = [True] * (end - start)
+        if self.stored_teacher:  # a regenerated turn starts where the template's generation prompt ends
+            out.update(align_rows(ids, ((spans[e["message"]][0], e) for e in record.get(RECORD_FIELD) or []
+                                        if e["message"] in spans)))
+        return out
+
+    def _assistant_spans(self, messages, ids, index) -> dict[int, tuple[int, int]]:
+        """Message index -> [start, end) of each assistant turn's tokens in ``ids``, by prefix differences: render
+        the conversation up to the turn (with the generation prompt) and up to its end; the tokens in between are
+        that turn. Works for any template whose renderings of prefixes are prefixes of the whole."""
+        spans = {}
         for i, message in enumerate(messages):
             if message["role"] != "assistant":
                 continue
@@ -144,37 +173,37 @@ class _ChatEncoder:
                 raise DataError(
                     f"{self.source}: record {index}: the chat template does not render conversations "
                     "prefix-consistently, so assistant tokens cannot be located; drop --assistant-only"
+                    + (" and --distill-from data" if self.stored_teacher else "")
                 )
-            for t in range(len(before), len(after)):
-                trainable[t] = True
-        return {"input_ids": ids, "trainable": trainable}
+            spans[i] = (len(before), len(after))
+        return spans
 
 
 def chunk_sequences(tokenized: datasets.Dataset, config: DataConfig, min_len: int) -> datasets.Dataset:
     """Packing: concatenate and cut into max_seq_len chunks (a shorter tail is kept if >= min_len tokens).
-    Without packing: truncate each record to max_seq_len and drop records shorter than min_len."""
+    Without packing: truncate each record to max_seq_len and drop records shorter than min_len. Every per-token
+    column (``input_ids``, ``trainable``, stored teacher rows) is cut the same way."""
     size = config.max_seq_len
 
     def pack(batch):
-        ids = [t for seq in batch["input_ids"] for t in seq]
-        ok = [t for seq in batch["trainable"] for t in seq]
-        starts = [s for s in range(0, len(ids), size) if len(ids) - s >= min_len]
-        return {"input_ids": [ids[s : s + size] for s in starts], "trainable": [ok[s : s + size] for s in starts]}
+        flat = {name: [t for seq in column for t in seq] for name, column in batch.items()}
+        starts = [s for s in range(0, len(flat["input_ids"]), size) if len(flat["input_ids"]) - s >= min_len]
+        return {name: [tokens[s : s + size] for s in starts] for name, tokens in flat.items()}
 
     def truncate(batch):
         keep = [i for i, seq in enumerate(batch["input_ids"]) if len(seq) >= min_len]
-        return {
-            "input_ids": [batch["input_ids"][i][:size] for i in keep],
-            "trainable": [batch["trainable"][i][:size] for i in keep],
-        }
+        return {name: [column[i][:size] for i in keep] for name, column in batch.items()}
 
     fn = pack if config.packing else truncate
-    return tokenized.map(fn, batched=True, batch_size=1000, desc="packing" if config.packing else "filtering")
+    return tokenized.map(fn, batched=True, batch_size=1000, features=tokenized.features,
+                         desc="packing" if config.packing else "filtering")
 
 
-def load_training_sequences(specs: list[str], tokenizer, config: DataConfig, num_draft_tokens: int):
-    """All sources -> one dataset of chunks with ``input_ids`` and ``trainable``; clear errors when nothing is
-    usable. A chunk needs at least K + 1 tokens so every subtask has a position."""
+def load_training_sequences(specs: list[str], tokenizer, config: DataConfig, num_draft_tokens: int,
+                            stored_teacher: bool = False):
+    """All sources -> one dataset of chunks with ``input_ids`` and ``trainable`` (and, with ``stored_teacher``, the
+    target's stored rows); clear errors when nothing is usable. A chunk needs at least K + 1 tokens so every subtask
+    has a position."""
     if not specs:
         raise DataError("no training data given")
     min_len = num_draft_tokens + 1
@@ -183,7 +212,7 @@ def load_training_sequences(specs: list[str], tokenizer, config: DataConfig, num
         records = load_records(spec, config.split)
         if len(records) == 0:
             raise DataError(f"{spec}: no records")
-        parts.append(tokenize_records(records, tokenizer, config, spec))
+        parts.append(tokenize_records(records, tokenizer, config, spec, stored_teacher))
     tokenized = datasets.concatenate_datasets(parts)
     chunks = chunk_sequences(tokenized, config, min_len)
     if len(chunks) == 0:

@@ -1,4 +1,5 @@
-"""Training objectives: the PARD cross-entropy (Eq. 8) and the optional distillation term."""
+"""Training objectives: the PARD cross-entropy (Eq. 8) and the optional distillation term (from a teacher's logits,
+or from the target's top-n distributions stored in the data)."""
 
 from __future__ import annotations
 
@@ -57,3 +58,24 @@ def kd_loss(
     if mask is None:
         return kl.mean() * t * t
     return (kl * mask).sum() / mask.sum().clamp_min(1) * t * t
+
+
+def stored_kd_loss(
+    student_logits: torch.Tensor, top_ids: torch.Tensor, top_logprobs: torch.Tensor, temperature: float = 1.0,
+) -> torch.Tensor:
+    """T^2 * mean over rows with a stored entry of KL(p_top || softmax(student/T)), where p_top is the teacher's
+    softmax(logits/T) restricted to its stored top-n tokens and renormalised there.
+
+    student_logits (M, V); top_ids (M, n) columns of the student's logits, -1 where there is no entry (padding, or
+    a token outside a reduced head: like :func:`draft_columns`, the teacher is renormalised over what the draft
+    can say); top_logprobs (M, n) the teacher's log-probabilities at temperature 1. log p / T renormalised equals
+    the tempered softmax over the same tokens, because log p and the logits differ by a per-row constant.
+    """
+    t = temperature
+    valid = top_ids >= 0  # (M, n)
+    log_q = F.log_softmax(student_logits.float() / t, dim=-1).gather(1, top_ids.clamp_min(0))  # (M, n)
+    log_p = torch.where(valid, top_logprobs.float() / t, -1e4).log_softmax(dim=-1)  # finite, so no NaN gradients
+    p = log_p.exp() * valid  # a row without entries weighs nothing
+    kl = (p * (log_p - log_q)).sum(dim=-1)  # (M,)
+    rows = valid.any(dim=-1)
+    return (kl * rows).sum() / rows.sum().clamp_min(1) * t * t

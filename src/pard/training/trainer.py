@@ -22,6 +22,7 @@ from transformers.trainer_callback import ProgressCallback
 
 from ..base_weights import drop_base_tensors
 from ..draft_vocab import attach_subset_head, most_frequent_tokens, subset_head_of
+from ..errors import DataError
 from ..files import apply_umask, atomic_write_text
 from ..mask_tokens import choose_mask_token, mark_parallel_draft
 from ..models import load_model, load_tokenizer, resolve_device
@@ -29,9 +30,9 @@ from ..slicing import parse_layers, slice_layers
 from ..vocab import check_tokenizers
 from .cod import IGNORE_INDEX, CODConfig, build_cod_sample
 from .collator import CODCollator
-from .config import TrainConfig
+from .config import DISTILL_FROM_DATA, TrainConfig
 from .data import load_training_sequences
-from .loss import draft_columns, kd_loss, pard_loss, teacher_distributions
+from .loss import draft_columns, kd_loss, pard_loss, stored_kd_loss, teacher_distributions
 from .rundir import (
     CHECKPOINT_PREFIX,
     PROGRESS_FILE,
@@ -43,14 +44,17 @@ from .rundir import (
     read_progress,
 )
 from .sampler import LengthGroupedSampler
+from .stored_teacher import coverage, gather_rows
 
 
 class CODDataset(torch.utils.data.Dataset):
     """Token chunks -> COD samples, built on the fly. The drop pattern of chunk i in epoch e comes from a
-    generator seeded with (seed, e, i): random per sample and epoch, identical when a run resumes."""
+    generator seeded with (seed, e, i): random per sample and epoch, identical when a run resumes. With
+    ``teacher_width`` n, chunks carry the target's stored distributions and each sample gets its labels' rows."""
 
-    def __init__(self, chunks, cod: CODConfig, mask_token_ids: list[int], seed: int):
+    def __init__(self, chunks, cod: CODConfig, mask_token_ids: list[int], seed: int, teacher_width: int = 0):
         self.chunks, self.cod, self.mask_token_ids, self.seed = chunks, cod, mask_token_ids, seed
+        self.teacher_width = teacher_width
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:  # called by :class:`EpochSync` at each epoch, resumed ones included
@@ -66,7 +70,11 @@ class CODDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         chunk = self.chunks[int(index)]
         rng = np.random.default_rng([self.seed, self.epoch, int(index)])
-        return build_cod_sample(chunk["input_ids"], self.cod, self.mask_token_ids, rng, chunk["trainable"])
+        sample = build_cod_sample(chunk["input_ids"], self.cod, self.mask_token_ids, rng, chunk["trainable"])
+        if self.teacher_width:  # position p predicts x_{p+1}: the target's row of token p + 1
+            sample.teacher_ids, sample.teacher_logprobs = gather_rows(chunk, sample.position_ids + 1,
+                                                                      self.teacher_width)
+        return sample
 
 
 class EpochSync(TrainerCallback):
@@ -114,6 +122,7 @@ class PardTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels")  # (B, L)
         teacher_ids = inputs.pop("teacher_input_ids", None)
+        stored_ids, stored_logprobs = inputs.pop("teacher_ids", None), inputs.pop("teacher_logprobs", None)
         self.tokens_seen += int(labels.numel())
         head, subset = self.model.get_output_embeddings(), subset_head_of(self.model)
         if subset is not None:  # the loss is a softmax over the draft's N tokens: labels mapped into the subset
@@ -132,6 +141,10 @@ class PardTrainer(Trainer):
                 teacher_logits = draft_columns(teacher_logits, vocab, columns)
                 target = teacher_distributions(teacher_logits, inputs["position_ids"], trained)  # like logits
             loss = loss + self.kd_weight * kd_loss(logits, target, temperature=self.kd_temperature)
+        if stored_ids is not None:  # the target's top-n stored in the data: (M, n) at the trained positions
+            top_ids = stored_ids[trained] if subset is None else subset.to_subset(stored_ids[trained], -1)
+            loss = loss + self.kd_weight * stored_kd_loss(logits, top_ids, stored_logprobs[trained],
+                                                          self.kd_temperature)
         return (loss, outputs) if return_outputs else loss
 
     def train_seconds(self) -> float:
@@ -212,14 +225,17 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
     # K = 1 is ordinary next-token training (no mask tokens, and the result stays an autoregressive model).
     parallel = config.cod.num_draft_tokens > 1
     mask_ids = choose_mask_token(model, tokenizer, config.mask_token_ids, config.add_mask_token) if parallel else []
-    chunks = load_training_sequences(config.data, tokenizer, config.data_config, config.cod.num_draft_tokens)
+    from_data = config.distill_from == DISTILL_FROM_DATA
+    chunks = load_training_sequences(config.data, tokenizer, config.data_config, config.cod.num_draft_tokens,
+                                     stored_teacher=from_data)
+    teacher_width = stored_teacher_width(chunks) if from_data else 0
     if config.draft_vocab:  # the N tokens the training text uses most (EOS always: the draft may propose the end)
         trained = ([t for t, m in zip(c["input_ids"], c["trainable"]) if m] for c in chunks)
         keep = most_frequent_tokens(trained, config.draft_vocab,
                                     always=[i for i in (tokenizer.eos_token_id,) if i is not None])
         attach_subset_head(model, keep)
     model.train()
-    dataset = CODDataset(chunks, config.cod, mask_ids, config.seed)
+    dataset = CODDataset(chunks, config.cod, mask_ids, config.seed, teacher_width)
 
     args = TrainingArguments(
         output_dir=str(output),
@@ -247,7 +263,7 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
         disable_tqdm=config.disable_progress,
     )  # checkpoints and the final model are safetensors (the only format transformers 5 writes)
     teacher = None
-    if config.distill_from:
+    if config.distill_from and not from_data:
         check_tokenizers(load_tokenizer(config.distill_from, trust_remote_code=config.trust_remote_code), tokenizer)
         teacher = load_model(config.distill_from, dtype="bfloat16" if config.bf16 else torch.float32, device="cpu",
                              trust_remote_code=config.trust_remote_code)
@@ -287,6 +303,18 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
         info = training_info(config, mask_ids, trainer, result, seconds, len(dataset))
         atomic_write_text(output / TRAINING_INFO_FILE, json.dumps(info, indent=2) + "\n")  # last: "finished"
     return output
+
+
+def stored_teacher_width(chunks) -> int:
+    """n of the stored rows, after checking that the data has some where it trains (and saying how many)."""
+    covered, total, width = coverage(chunks)
+    if not covered:
+        raise DataError("--distill-from data: no trained token has a stored target distribution (write the data "
+                        "with pard regenerate --top-logprobs N; or what it stored is not what is trained)")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"pard: distilling from the target's stored top-{width} at {covered:,} of {total:,} trained tokens "
+              f"({covered / total:.1%})", file=sys.stderr)
+    return width
 
 
 def train_or_resume(config: TrainConfig) -> Path:
