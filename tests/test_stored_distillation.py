@@ -17,7 +17,7 @@ from pard.training.collator import CODCollator
 from pard.training.config import DataConfig
 from pard.training.data import load_training_sequences
 from pard.training.loss import kd_loss, stored_kd_loss, teacher_distributions
-from pard.training.stored_teacher import align_rows, gather_rows
+from pard.training.stored_teacher import align_rows, gather_rows, prompt_digest
 from pard.training.trainer import CODDataset, stored_teacher_width
 
 N_TOP = 5
@@ -57,15 +57,17 @@ def test_sampled_top_logprobs_are_the_unfiltered_distribution(target):
         torch.testing.assert_close(logprobs, target_rows(target, prompt, generated).topk(3).values, atol=1e-4, rtol=0)
 
 
-def test_align_rows_stops_where_the_training_text_differs():
-    entry = {"tokens": [7, 8, 9], "ids": [[7, 1], [8, 2], [9, 3]], "logprobs": [[-0.1, -2.0], [-0.2, -3.0],
-                                                                               [-0.3, -4.0]]}
+def test_align_rows_only_where_the_training_text_is_what_the_target_saw_and_wrote():
+    entry = {"prompt": prompt_digest([5, 6]), "tokens": [7, 8, 9], "ids": [[7, 1], [8, 2], [9, 3]],
+             "logprobs": [[-0.1, -2.0], [-0.2, -3.0], [-0.3, -4.0]]}
     rows = align_rows([5, 6, 7, 8, 9, 4], [(2, entry)])
     assert rows["teacher_ids"] == [[], [], [7, 1], [8, 2], [9, 3], []]
     assert rows["teacher_logprobs"][3] == [-0.2, -3.0]
     # Re-tokenization merged 8 and 9 into 89: the rows of 8 and 9 were conditioned on another prefix.
     assert align_rows([5, 6, 7, 89, 4], [(2, entry)])["teacher_ids"] == [[], [], [7, 1], [], []]
     assert align_rows([5, 6, 7], [(2, entry)])["teacher_ids"] == [[], [], [7, 1]]  # cut by a chunk end
+    # Another prompt before the same tokens (a later chat turn after a replaced one): nothing.
+    assert align_rows([5, 0, 7, 8, 9], [(2, entry)])["teacher_ids"] == [[]] * 5
 
 
 def test_each_packed_position_reads_the_row_of_its_label():
@@ -109,10 +111,12 @@ def test_stored_kd_loss_equals_kd_loss_with_every_token_stored_and_renormalises_
     assert torch.isfinite(student.grad).all() and (student.grad[0] == 0).all()
 
 
-def write_chats(path, n=6):
-    path.write_text("".join(json.dumps({"id": f"c{i}", "messages": [
-        {"role": "user", "content": f"def f{i}(x): return x + {i}"}, {"role": "assistant", "content": "-"}]}) + "\n"
-        for i in range(n)))
+def write_chats(path, n=6, turns=1):
+    def chat(i):
+        return [m for t in range(turns) for m in ({"role": "user", "content": f"def f{i}_{t}(x): return x + {i}"},
+                                                   {"role": "assistant", "content": "-"})]
+
+    path.write_text("".join(json.dumps({"id": f"c{i}", "messages": chat(i)}) + "\n" for i in range(n)))
     return path
 
 
@@ -210,3 +214,22 @@ def test_distill_from_data_needs_stored_distributions(tmp_path, chat_target, cap
                  "--max-steps", "1", "--no-progress", "--distill-from", "data"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and len(err) == 1 and "--top-logprobs" in err[0]
+
+
+def test_a_later_turn_written_after_a_replaced_one_gets_no_rows(tmp_path, chat_target):
+    """Each turn is written after the original history; the training text holds the regenerated earlier turns, so
+    only the first turn's rows are the distributions its positions need."""
+    from pard.models import load_tokenizer
+
+    answers = tmp_path / "answers.jsonl"
+    regenerate(RegenerateConfig(target=str(chat_target), data=[str(write_chats(tmp_path / "c.jsonl", 3, turns=2))],
+                                output=str(answers), max_new_tokens=8, top_logprobs=2))
+    tok = load_tokenizer(str(chat_target))
+    config = DataConfig(max_seq_len=512, assistant_only=True, packing=False)
+    for record, chunk in zip(map(json.loads, answers.open()),
+                             load_training_sequences([str(answers)], tok, config, 3, stored_teacher=True)):
+        first, second = record["top_logprobs"]
+        assert (first["message"], second["message"]) == (1, 3)
+        rows = [t for t, row in enumerate(chunk["teacher_ids"]) if row]
+        assert len(rows) > 0 and rows == list(range(rows[0], rows[0] + len(rows)))  # one span: the first turn
+        assert len(rows) <= len(first["tokens"])

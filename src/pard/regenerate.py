@@ -12,9 +12,9 @@ duplicate ids in the input are refused).
 
 With ``top_logprobs`` = n, each record also keeps the target's n most likely tokens at every position it wrote
 (field ``top_logprobs``: one entry per completion, with the generated ``tokens``, their ``ids`` (T, n) and
-``logprobs`` (T, n), and where the completion sits: the assistant ``message`` index, or the token ``offset`` of a
-plain-text continuation). The target computes those distributions anyway, so `pard train --distill-from data`
-distills from them without running the target again.
+``logprobs`` (T, n), where the completion sits: the assistant ``message`` index, or the token ``offset`` of a
+plain-text continuation, and a digest of the ``prompt`` tokens it was conditioned on). The target computes those
+distributions anyway, so `pard train --distill-from data` distills from them without running the target again.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from .models import load_pair
 from .prompts import eos_token_ids, has_chat_template, render_chat
 from .training.config import DataConfig
 from .training.data import load_records
-from .training.stored_teacher import RECORD_FIELD
+from .training.stored_teacher import RECORD_FIELD, prompt_digest
 
 REGENERATED_BY = "regenerated_by"  # the field that marks a record this command wrote
 LOGPROB_FLOOR = -100.0  # stored log-probabilities are clamped here (JSON has no -inf; exp(-100) is 0 for training)
@@ -283,9 +283,9 @@ def _rewrite(job: _Job, outputs: list[_Completion], tokenizer, config: Regenerat
     record[REGENERATED_BY] = config.target
     if config.top_logprobs:
         record[RECORD_FIELD] = [
-            {**place, "tokens": out.tokens, "ids": out.top_ids.tolist(),
+            {**place, "prompt": prompt_digest(prompt), "tokens": out.tokens, "ids": out.top_ids.tolist(),
              "logprobs": [[round(x, 4) for x in row] for row in out.top_logprobs.clamp_min(LOGPROB_FLOOR).tolist()]}
-            for place, out in zip(where, outputs)
+            for place, prompt, out in zip(where, job.prompts, outputs)
         ]
     return record
 

@@ -6,9 +6,11 @@ when the data was written by the target, those distributions were computed while
 keeps their N most likely tokens, and ``--distill-from data`` reads them instead. Three steps, one per function:
 
 * :func:`align_rows` (tokenizing): the stored rows of one completion are attached to the tokens of the rendered
-  training sequence that equal the completion's tokens, from where it starts; at the first token that differs
-  (re-tokenizing decoded text may merge tokens differently) the rest of the completion has no teacher row — a
-  distribution conditioned on another prefix is not the one that position needs;
+  training sequence only where that sequence is what the target saw and wrote. Its prefix must be the prompt the
+  target completed (:func:`prompt_digest`: in a multi-turn chat a later turn was written after the *original*
+  earlier turns, which the training text has replaced), and from the first token that differs from the completion
+  (re-tokenizing decoded text may merge tokens differently) the rest has no row — a distribution conditioned on
+  another prefix is not the one that position needs;
 * :func:`gather_rows` (building a sample): a kept position p of a packed COD sample predicts x_{p+1}, so it reads
   the row of token p + 1 — for every subtask, as with a teacher forward (``loss.teacher_distributions``);
 * ``loss.stored_kd_loss``: the KL from the stored top-N (renormalised) to the draft.
@@ -19,6 +21,7 @@ N each, or empty where there is none. Arrays use id -1 for "no entry".
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -27,15 +30,23 @@ RECORD_FIELD = "top_logprobs"  # the record field `pard regenerate --top-logprob
 TEACHER_IDS, TEACHER_LOGPROBS = "teacher_ids", "teacher_logprobs"  # per-token columns of the tokenized data
 
 
+def prompt_digest(ids: Sequence[int]) -> str:
+    """A short fingerprint of a token sequence: what a completion's rows were conditioned on."""
+    return hashlib.sha256(np.asarray(ids, dtype=np.int64).tobytes()).hexdigest()[:16]
+
+
 def align_rows(ids: Sequence[int], completions: Iterable[tuple[int, dict]]) -> dict[str, list[list]]:
     """Per token of ``ids`` (N,), the stored row of the target's distribution of that token, or empty lists.
 
-    completions: (start, entry) pairs; ``entry`` as `pard regenerate` writes it (``tokens`` (T,), ``ids`` (T, n),
-    ``logprobs`` (T, n)) and ``start`` the index in ``ids`` of its first token.
+    completions: (start, entry) pairs; ``entry`` as `pard regenerate` writes it (``prompt``: the digest of the
+    prompt, ``tokens`` (T,), ``ids`` (T, n), ``logprobs`` (T, n)) and ``start`` the index in ``ids`` of its first
+    token. An entry whose prompt is not ``ids[:start]`` contributes nothing.
     """
     top_ids: list[list[int]] = [[] for _ in ids]
     top_logprobs: list[list[float]] = [[] for _ in ids]
     for start, entry in completions:
+        if prompt_digest(ids[:start]) != entry["prompt"]:
+            continue  # conditioned on another history
         for j, token in enumerate(entry["tokens"]):
             t = start + j
             if t >= len(ids) or ids[t] != token:
