@@ -172,14 +172,19 @@ def test_zoo_build_refuses_a_work_dir_made_by_another_recipe(tmp_path):
 
 
 def test_the_smollm2_draft_recipe_follows_the_device():
+    from dataclasses import replace
+
     import torch
 
     from pard.errors import InvalidArgumentError
-    from pard.zoo.smollm2 import RECIPES, choose_recipe
+    from pard.zoo.smollm2 import RECIPES, _teacher, choose_recipe
 
     assert choose_recipe("auto", torch.device("cuda")) == "full" and choose_recipe("auto", torch.device("cpu")) == "cpu"
     assert choose_recipe("full", torch.device("cpu")) == "full"
     assert RECIPES["cpu"].kd_weight == 0 and RECIPES["full"].kd_weight > 0
+    assert RECIPES["cpu-distilled"] == replace(RECIPES["cpu"], kd_weight=1.0, top_logprobs=16)  # only that differs
+    assert choose_recipe("cpu-distilled", torch.device("cpu")) == "cpu-distilled"
+    assert [_teacher(RECIPES[name]) for name in ("full", "cpu", "cpu-distilled")] == ["zoo:smollm2", None, "data"]
     with pytest.raises(InvalidArgumentError, match="unknown recipe"):
         choose_recipe("fast", torch.device("cpu"))
 
@@ -197,23 +202,26 @@ def test_a_cpu_build_refuses_up_front_to_replace_the_committed_draft(tmp_path):
 
 
 @pytest.mark.slow
-def test_smollm2_pard_cpu_recipe_builds_a_lossless_draft_and_resumes(tmp_path):
+@pytest.mark.parametrize("recipe, teacher", [("auto", None), ("cpu-distilled", "data")])
+def test_smollm2_pard_cpu_recipe_builds_a_lossless_draft_and_resumes(tmp_path, recipe, teacher):
     """`pard zoo build --only smollm2-pard` on a CPU, shrunk: SmolLM2 answers 3 prompts, the draft trains 1 step
-    without a teacher, and the published draft (SmolLM2's embeddings taken from its base) decodes losslessly."""
+    (without a teacher, or from the top-16 stored with the answers), and the published draft (SmolLM2's embeddings
+    taken from its base) decodes losslessly."""
     from pard.zoo.smollm2 import NAME, build_smollm2_draft
 
     out, work = tmp_path / "zoo", tmp_path / "work"
-    info = build_smollm2_draft(out, work, scale=0.004, device="cpu", progress=False)
-    assert info["recipe_name"] == "cpu" and info["steps"] == 1 and info["data"]["records"] == 3
+    info = build_smollm2_draft(out, work, scale=0.004, device="cpu", progress=False, recipe=recipe)
+    assert info["recipe_name"] == ("cpu" if recipe == "auto" else recipe)
+    assert info["steps"] == 1 and info["data"]["records"] == 3
     training = json.loads((out / NAME / "pard_training.json").read_text())
-    assert training["distill_from"] is None and training["draft_vocab"] == 8192
+    assert training["distill_from"] == teacher and training["draft_vocab"] == 8192
     pair = load_pair("zoo:smollm2", str(out / NAME), device="cpu")
     prompt = pair.tokenizer("def fibonacci(n):")["input_ids"]
     got = SpeculativeDecoder(pair.target, pair.draft, method="pard", num_draft_tokens=4, engine="eager").generate(
         [prompt], max_new_tokens=12)
     assert got.sequences[0] == hf_greedy(pair.target, prompt, 12)
     # A second run reuses both finished stages: nothing is regenerated or retrained.
-    data = work / f"{NAME}-cpu" / "smollm2-data" / "regeneration.json"
+    data = work / f"{NAME}-{info['recipe_name']}" / "smollm2-data" / "regeneration.json"
     before = data.read_bytes()
-    again = build_smollm2_draft(out, work, scale=0.004, device="cpu", progress=False)
+    again = build_smollm2_draft(out, work, scale=0.004, device="cpu", progress=False, recipe=recipe)
     assert data.read_bytes() == before and again["build_seconds"] < info["build_seconds"]
