@@ -25,7 +25,7 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--top-logprobs", type=int, default=0, metavar="N",
                    help="also store the target's N most likely tokens and log-probabilities at every written "
-                        "position, for `pard train --distill-from data` (about 13 bytes per token and N)")
+                        "position, for `pard train --distill-from data` (about 15 bytes per token and N)")
     p.add_argument("--text-field", default="text")
     p.add_argument("--messages-field", default="messages")
     add_engine_option(p)
