@@ -39,8 +39,10 @@ class CODCollator:
         if self.pad_to_multiple_of:
             width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
 
-        def stack(field: str, fill: int) -> torch.Tensor:
-            out = torch.full((len(samples), width), fill, dtype=torch.long)
+        def stack(field: str, fill: float) -> torch.Tensor:
+            """A per-position field (L, ...) of every sample -> (B, width, ...), right-padded with ``fill``."""
+            first = getattr(samples[0], field)
+            out = torch.full((len(samples), width, *first.shape[1:]), fill, dtype=torch.from_numpy(first).dtype)
             for i, s in enumerate(samples):
                 out[i, : len(s)] = torch.from_numpy(getattr(s, field))
             return out
@@ -51,12 +53,8 @@ class CODCollator:
             "position_ids": stack("position_ids", 0),
         }
         if samples[0].teacher_ids is not None:  # stored target distributions: (B, L, n), padded with no entries
-            n = samples[0].teacher_ids.shape[1]
-            ids, logprobs = torch.full((len(samples), width, n), -1), torch.full((len(samples), width, n), -math.inf)
-            for i, s in enumerate(samples):
-                ids[i, : len(s)] = torch.from_numpy(s.teacher_ids)
-                logprobs[i, : len(s)] = torch.from_numpy(s.teacher_logprobs)
-            batch["teacher_ids"], batch["teacher_logprobs"] = ids, logprobs
+            batch["teacher_ids"] = stack("teacher_ids", -1)
+            batch["teacher_logprobs"] = stack("teacher_logprobs", -math.inf)
         if self.with_source:
             source = torch.full((len(samples), max(len(s.source_ids) for s in samples)), self.pad_token_id)
             for i, s in enumerate(samples):
