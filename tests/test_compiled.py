@@ -113,6 +113,12 @@ def test_compiled_greedy_equals_target(method):
     for prompts in (PROMPTS[:1], PROMPTS):
         out = decoder.generate(prompts, max_new_tokens=MAX_NEW)
         assert out.sequences == [hf_greedy(target, p, MAX_NEW) for p in prompts]
+    # Continuous batching through the compiled steps: six prompts, three rows, EOS ids that stagger the finishes.
+    prompts = PROMPTS + [p[::-1] for p in PROMPTS]
+    refs = [hf_greedy(target, p, MAX_NEW) for p in prompts]
+    eos = {refs[0][3], refs[4][12]}
+    out = decoder.generate(prompts, max_new_tokens=MAX_NEW, eos_token_id=sorted(eos), max_batch_size=len(PROMPTS))
+    assert out.sequences == [r[: next((i + 1 for i, t in enumerate(r) if t in eos), len(r))] for r in refs]
 
 
 @pytest.mark.slow

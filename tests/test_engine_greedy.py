@@ -131,3 +131,23 @@ def test_context_window_caps_the_budget(target, random_pard_draft, engine):
     )
     assert len(out.sequences[0]) == 5
     assert out.sequences[0] == hf_greedy(target, prompt, 5)
+
+
+@pytest.mark.parametrize("method", ["ar", "vsd", "pard"])
+def test_continuous_batching_rows_equal_rows_alone(target, references, method, engine):
+    """max_batch_size=2 over six prompts: rows finish at different steps (EOS ids cut some short) and the waiting
+    prompts take their places mid-generation; every output is still the target's own greedy output."""
+    draft = None if method == "ar" else noisy_copy(target, 0.15, seed=3)
+    if method == "pard":
+        draft = as_pard_draft(draft, BYTE_VOCAB + 2)
+    prompts = PROMPTS + [p[::-1] for p in PROMPTS]
+    refs = [references.get(tuple(p)) or hf_greedy(target, p, MAX_NEW) for p in prompts]
+    eos = {refs[0][3], refs[4][12]}
+    finished = {}
+    out = SpeculativeDecoder(target, draft, method=method, num_draft_tokens=4, engine=engine).generate(
+        prompts, max_new_tokens=MAX_NEW, eos_token_id=sorted(eos), max_batch_size=2,
+        on_finish=lambda index, tokens, top: finished.setdefault(index, list(tokens)))
+    expected = [ref[: next((i + 1 for i, t in enumerate(ref) if t in eos), len(ref))] for ref in refs]
+    assert out.sequences == expected
+    assert finished == dict(enumerate(expected))  # each prompt reported once, when done
+    assert len({len(seq) for seq in expected}) > 2  # the rows really finished at different times

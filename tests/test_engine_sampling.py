@@ -79,6 +79,18 @@ def test_first_two_tokens_follow_target_distribution(models, method, k, sampling
         assert 0.05 < out.stats.acceptance_per_position[0] < 0.95
 
 
+@pytest.mark.parametrize("engine", ["eager", "static"])
+def test_continuous_batching_follows_target_distribution(models, engine):
+    """The N rows through 500 slots: most rows are admitted mid-generation, beside rows at other steps."""
+    target, _, pard_draft = models
+    sampling = SAMPLINGS[1]
+    exact = exact_joint(target, sampling)
+    decoder = SpeculativeDecoder(target, pard_draft, method="pard", num_draft_tokens=4, engine=engine)
+    out = decoder.generate([PROMPT] * N, max_new_tokens=3, sampling=sampling, seed=99, max_batch_size=500)
+    distance = tv(empirical_joint(out.sequences), exact)
+    assert distance < tv_bound(exact, N), f"TV {distance:.4f} >= bound {tv_bound(exact, N):.4f}"
+
+
 def test_the_bound_has_power(models):
     """Sanity check of the test itself: sampling from the drafts directly would fail it."""
     target, ar_draft, pard_draft = models

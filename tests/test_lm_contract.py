@@ -94,3 +94,24 @@ def test_feed_reads_ragged_gaps(make, model):
     assert lm.lengths.tolist() == [5, 6]
     close(logits[0], reference(model, [5, 6, 7, 8, 9])[-1])
     close(logits[1], reference(model, [1, 2, 3, 4, 5, 6])[-1])
+
+
+def test_admit_starts_rows_over_on_new_prompts(make, model):
+    """Continuous batching: rows 0 and 2 take new prompts of other lengths (longer than anything cached, and a
+    one-token one that reads nothing) while row 1 keeps its tokens and continues."""
+    lm = make(3)
+    lm.forward(torch.tensor([[5, 6, 7], [1, 2, 3], [7, 8, 9]]))
+    lm.rollback(torch.tensor([3, 2, 1]))
+    sequences = torch.tensor([[20, 21, 22, 23, 24, 25, 26], [0] * 7, [30, 0, 0, 0, 0, 0, 0]])  # (B, L)
+    lm.admit(torch.tensor([0, 2]), sequences, torch.tensor([6, 0, 0]))
+    assert lm.lengths.tolist() == [6, 2, 0]
+    out = lm.forward(torch.tensor([[26], [40], [30]]))
+    close(out[0, 0], reference(model, [20, 21, 22, 23, 24, 25, 26])[-1])
+    close(out[1, 0], reference(model, [1, 2, 40])[-1])
+    close(out[2, 0], reference(model, [30])[-1])
+    # And the batch goes on as usual: ragged rollback, another pass.
+    lm.rollback(torch.tensor([6, 2, 1]))
+    out = lm.forward(torch.tensor([[50, 51], [52, 53], [54, 55]]))
+    close(out[0], reference(model, [20, 21, 22, 23, 24, 25, 50, 51])[-2:])
+    close(out[1], reference(model, [1, 2, 52, 53])[-2:])
+    close(out[2], reference(model, [30, 54, 55])[-2:])

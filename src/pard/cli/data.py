@@ -20,7 +20,8 @@ def register(sub) -> None:
     prefix.add_argument("--prefix-tokens", type=int, default=64, help="plain text: keep this many tokens")
     prefix.add_argument("--prefix-fraction", type=float, help="plain text: keep this fraction of each record")
     add_sampling_options(p, top_k=False)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8,
+                   help="rows decoded at once; greedy runs refill a finished row with the next prompt")
     p.add_argument("--limit", type=int, help="only the first N records")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--top-logprobs", type=int, default=0, metavar="N",

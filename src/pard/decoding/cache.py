@@ -78,6 +78,30 @@ class CachedLM:
         self.cache.batch_select_indices(rows)
         self.slot_mask = self.slot_mask[rows]
 
+    @torch.inference_mode()
+    def admit(self, rows: torch.Tensor, sequences: torch.Tensor, ends: torch.Tensor) -> None:
+        """Rows ``rows`` (R,) start over on ``sequences[r, :ends[r]]``: read in a cache of their own (a forward over
+        those rows only), then written over the rows' slots, from the front (the cache widens if it must)."""
+        if any(getattr(layer, "is_sliding", False) for layer in self.cache.layers):
+            raise NotImplementedError("a sliding-window cache cannot take a new row")
+        rows = rows.to(self.device)
+        fresh = CachedLM(self.model, len(rows))
+        fresh.feed(sequences.to(self.device)[rows], ends.to(self.device)[rows], need_logits=False)
+        width = fresh.slot_mask.shape[1]
+        extra = width - self.slot_mask.shape[1]
+        self.slot_mask[rows] = False
+        if extra > 0:  # room for the longest new prompt: empty slots for every row
+            self.slot_mask = torch.cat([self.slot_mask, self.slot_mask.new_zeros(len(self.slot_mask), extra)], dim=1)
+        if not width:
+            return
+        for layer, new in zip(self.cache.layers, fresh.cache.layers):  # (B, H_kv, S, D) and (R, H_kv, width, D)
+            if extra > 0:
+                layer.keys, layer.values = (torch.cat([t, t.new_zeros(*t.shape[:2], extra, t.shape[3])], dim=2)
+                                            for t in (layer.keys, layer.values))
+            layer.keys[rows, :, :width] = new.keys
+            layer.values[rows, :, :width] = new.values
+        self.slot_mask[rows, :width] = fresh.slot_mask
+
     def feed(self, sequences: torch.Tensor, ends: torch.Tensor, pad_id: int = PAD_ID, need_logits: bool = True):
         """Catch up on committed tokens: read ``sequences[i, lengths[i]:ends[i]]`` for every row in one forward.
 
@@ -96,3 +120,8 @@ class CachedLM:
         last = (counts - 1).clamp_min(0)  # (B,)
         return logits[torch.arange(len(last), device=self.device), last]  # (B, V)
 
+
+def admits_rows(model: PreTrainedModel) -> bool:
+    """Whether a :class:`CachedLM` of ``model`` can ``admit`` new rows: not with sliding-window layers, which keep
+    only their last tokens (the static cache never runs those models)."""
+    return not any(getattr(layer, "is_sliding", False) for layer in DynamicCache(config=model.config).layers)

@@ -12,7 +12,8 @@ fed first in the next verification pass: [x_last, d_1..d_k] -> k+1 target distri
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +24,7 @@ from ..mask_tokens import mask_token_ids_of
 from ..models import context_window
 from ..vocab import check_compatible, vocab_size
 from .adaptive import VerifyLengthChooser
+from .cache import admits_rows
 from .engines import check_engine, open_lm, resolve_engine
 from .lm import PAD_ID, LanguageModel
 from .proposers import AutoregressiveDraftProposer, ParallelDraftProposer, Proposer
@@ -117,6 +119,12 @@ class SpeculativeDecoder:
             self._resolved_engine = resolve_engine(self.engine, models, expected)
         return self._resolved_engine
 
+    @property
+    def admits_new_rows(self) -> bool:
+        """Whether ``generate(max_batch_size=...)`` can refill finished rows with waiting prompts (every model here
+        but those with sliding-window attention)."""
+        return all(admits_rows(m) for m in (self.target, self.draft) if m is not None)
+
     def _target_buckets(self) -> tuple[int, ...]:
         """Verification pass widths compiled: 1 (AR, or -k auto not drafting) and K + 1; with -k auto, the
         widths in between are padded to 2, 3, 5, 9, 17... (a handful of shapes, each at most 2x the tokens)."""
@@ -169,6 +177,8 @@ class SpeculativeDecoder:
         seed: int | None = None,
         streamer=None,
         top_logprobs: int = 0,
+        max_batch_size: int | None = None,
+        on_finish: Callable[[int, list[int], tuple[torch.Tensor, torch.Tensor] | None], None] | None = None,
     ) -> GenerationOutput:
         """Generate up to ``max_new_tokens`` per row.
 
@@ -182,6 +192,12 @@ class SpeculativeDecoder:
             top_logprobs: also return, for every generated token, the target's n most likely tokens and their
                 log-probabilities (temperature 1): the distribution the token was drawn from or checked against.
                 What is generated does not change. ``pard regenerate`` stores them for distillation.
+            max_batch_size: decode at most this many rows at once (continuous batching): when a row finishes, the
+                next waiting prompt takes its place while the others keep decoding, so no pass is spent on
+                finished rows. Each row's output is what it would be alone (greedy). None: all prompts at once.
+            on_finish: called as ``on_finish(index, tokens, top_logprobs)`` when prompt ``index`` is done (its
+                tokens, and its (log-probabilities (T, n), ids (T, n)) with ``top_logprobs``, else None), so a
+                caller can save finished rows while the others decode.
         """
         sampling = sampling or SamplingConfig()
         prompts = _as_token_lists(prompts, attention_mask)
@@ -191,6 +207,12 @@ class SpeculativeDecoder:
             raise InvalidArgumentError("streaming supports one prompt at a time")
         if top_logprobs < 0:
             raise InvalidArgumentError(f"top_logprobs must be >= 0, got {top_logprobs}")
+        if max_batch_size is not None and max_batch_size < 1:
+            raise InvalidArgumentError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        batch_size = min(max_batch_size or len(prompts), len(prompts))
+        if batch_size < len(prompts) and not self.admits_new_rows:
+            raise InvalidArgumentError("models with sliding-window attention cannot refill rows: pass at most "
+                                       "max_batch_size prompts per call")
         eos_ids = _as_id_set(eos_token_id)
         budgets = self._budgets(prompts, max_new_tokens)
         device = self.target.device
@@ -199,7 +221,6 @@ class SpeculativeDecoder:
             generator = torch.Generator(device=device)
             generator.manual_seed(seed if seed is not None else torch.seed())
 
-        batch_size = len(prompts)
         stats = GenerationStats(self.method, self.num_draft_tokens, adaptive=self.adaptive)
         stats.accepted_lengths = [[] for _ in prompts]
         stats.drafted_lengths = [[] for _ in prompts]
@@ -210,11 +231,19 @@ class SpeculativeDecoder:
         # Committed tokens, right-padded; room for the longest row plus one step of K + 1 provisional writes.
         capacity = max(len(p) + b for p, b in zip(prompts, budgets)) + self.num_draft_tokens + 1
         sequences = torch.full((batch_size, capacity), PAD_ID, dtype=torch.long, device=device)  # (B, L)
-        for i, prompt in enumerate(prompts):
-            sequences[i, : len(prompt)] = torch.tensor(prompt, dtype=torch.long)
-        lengths = torch.tensor([len(p) for p in prompts], device=device)  # (B,)
+        lengths = torch.zeros(batch_size, dtype=torch.long, device=device)  # (B,)
+
+        def place(j: int, index: int) -> None:
+            """Row j of the batch holds prompt ``index`` (its committed tokens so far: the prompt)."""
+            sequences[j] = PAD_ID
+            sequences[j, : len(prompts[index])] = torch.tensor(prompts[index], dtype=torch.long)
+            lengths[j] = len(prompts[index])
+
+        for j in range(batch_size):
+            place(j, j)
+        waiting = deque(range(batch_size, len(prompts)))  # prompts not admitted yet, in order
         rows = torch.arange(batch_size)  # original index of each active row
-        remaining = torch.tensor(budgets)  # (B,) tokens each active row may still generate (host)
+        remaining = torch.tensor(budgets[:batch_size])  # (B,) tokens each active row may still generate (host)
 
         if streamer is not None:
             streamer.put(torch.tensor(prompts[0]))
@@ -269,7 +298,7 @@ class SpeculativeDecoder:
 
             # Book-keeping on the host: per-row stats, budgets, EOS.
             top = [t.cpu() for t in step.top_logprobs] if step.top_logprobs is not None else None
-            keep = []
+            keep, admitted = [], []
             for j, (row, a, tokens) in enumerate(zip(rows.tolist(), accepted.tolist(), new_tokens.tolist())):
                 stats.accepted_lengths[row].append(a)
                 stats.drafted_lengths[row].append(k)
@@ -285,6 +314,23 @@ class SpeculativeDecoder:
                     streamer.put(torch.tensor(tokens))
                 if not hit and remaining[j] > 0:
                     keep.append(j)
+                    continue
+                if on_finish is not None:
+                    on_finish(row, outputs[row], _joined(tops[row]) if top_logprobs else None)
+                if waiting:  # the next prompt takes the finished row's place
+                    index = waiting.popleft()
+                    place(j, index)
+                    rows[j], remaining[j] = index, budgets[index]
+                    keep.append(j)
+                    admitted.append(j)
+            if admitted:
+                tick = time.perf_counter()
+                index = torch.tensor(admitted, device=device)
+                target.admit(index, sequences, lengths - 1)
+                if proposer is not None:
+                    proposer.admit(index, sequences, lengths)
+                synchronize(device)
+                stats.prefill_seconds += time.perf_counter() - tick
             if len(keep) < len(rows):
                 index = torch.tensor(keep, dtype=torch.long)
                 rows, remaining = rows[index], remaining[index]
@@ -299,8 +345,13 @@ class SpeculativeDecoder:
         stats.tokens = sum(len(out) for out in outputs)
         stats.draft_forwards = proposer.draft_forwards if proposer is not None else 0
         stats.total_seconds = time.perf_counter() - started - stats.compile_seconds
-        top_logprobs_out = [tuple(torch.cat(parts) for parts in zip(*row)) for row in tops] if top_logprobs else None
+        top_logprobs_out = [_joined(row) for row in tops] if top_logprobs else None
         return GenerationOutput(outputs, stats, top_logprobs_out)
+
+
+def _joined(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One row's per-step (log-probabilities (t, n), ids (t, n)) -> the whole row's (T, n) pair."""
+    return tuple(torch.cat(part) for part in zip(*parts))
 
 
 def _as_token_lists(prompts, attention_mask) -> list[list[int]]:

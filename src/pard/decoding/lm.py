@@ -2,10 +2,11 @@
 
 A :class:`LanguageModel` is a causal LM *with its KV cache*, decoded row by row with ragged lengths: every forward
 appends the same number of slots to all rows, ``rollback`` says how many leading tokens of each row are still
-right, finished rows leave with ``keep_rows``. :class:`~pard.decoding.cache.CachedLM` implements it over a
-``DynamicCache``; :class:`~pard.decoding.static.StaticLM`, a static, position-written cache (gpt-fast style, for
-compiled steps), implements the same methods, and ``tests/test_lm_contract.py`` holds every implementation to
-the same contract.
+right, finished rows leave with ``keep_rows``, and a row can start over on a new prompt with ``admit`` (continuous
+batching: a freed row takes the next waiting prompt while the others keep decoding).
+:class:`~pard.decoding.cache.CachedLM` implements it over a ``DynamicCache``; :class:`~pard.decoding.static.StaticLM`,
+a static, position-written cache (gpt-fast style, for compiled steps), implements the same methods, and
+``tests/test_lm_contract.py`` holds every implementation to the same contract.
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ class LanguageModel(Protocol):
     def feed(self, sequences: torch.Tensor, ends: torch.Tensor, pad_id: int = PAD_ID, need_logits: bool = True):
         """Read ``sequences[i, lengths[i]:ends[i]]`` for every row in one forward; return the logits at each row's
         last token read (B, V), or None when ``need_logits`` is False."""
+
+    def admit(self, rows: torch.Tensor, sequences: torch.Tensor, ends: torch.Tensor) -> None:
+        """Rows ``rows`` (R,) start over: forget everything they hold, then read ``sequences[r, :ends[r]]`` (the
+        prefill of a new prompt), in a forward over those rows only; the other rows are untouched."""
 
 
 def ragged_slices(

@@ -8,7 +8,8 @@ Same contract as :class:`~pard.decoding.cache.CachedLM` (``tests/test_lm_contrac
   (gpt-fast's "rollback is moving a length", made per row); stale keys past ``size`` are overwritten next time;
 * when ragged rollbacks have left so many holes that the next pass would not fit, the live slots of every row are
   moved to the front once (keys are stored after RoPE, so moving a slot does not change what it encodes);
-* finished rows stay in the buffers (their outputs are dropped), so the batch dimension never changes shape;
+* finished rows stay in the buffers (their outputs are dropped), so the batch dimension never changes shape; a
+  row can also start over on a new prompt (``admit``: its prefill is an eager pass over that buffer row only);
 * passes of up to ``max(buckets)`` tokens are padded to the next bucket, so a compiled step sees a handful of
   fixed shapes (B, T_bucket) and never recompiles after warm-up; prefill and longer passes run eagerly.
 
@@ -78,13 +79,15 @@ class _Decoder(nn.Module):
     def caches(self):
         return [(getattr(self, f"k_{i}"), getattr(self, f"v_{i}")) for i in range(len(self.layers))]
 
-    def forward(self, input_ids, positions, slots, attend, logits_at):
+    def forward(self, input_ids, positions, slots, attend, logits_at, rows=None):
         """input_ids, positions (B, T); slots (T,) where the T new keys go; attend (B, 1, T, S_max) bool;
-        logits_at (B, n) indices into T whose logits are returned -> (B, n, V)."""
+        logits_at (B, n) indices into T whose logits are returned -> (B, n, V). ``rows`` (R,): a pass over those
+        buffer rows only (B = R; eager, to prefill newly admitted prompts)."""
         hidden = self.embed_tokens(input_ids)  # (B, T, D_model)
         cos, sin = self.rotary_emb(hidden, positions)  # (B, T, D)
         batch_size, num_new = input_ids.shape
-        for layer, (k_cache, v_cache) in zip(self.layers, self.caches()):
+        for layer, (k_all, v_all) in zip(self.layers, self.caches()):
+            k_cache, v_cache = (k_all, v_all) if rows is None else (k_all[rows], v_all[rows])  # (B, H_kv, S_max, D)
             attn = layer.self_attn
             x = layer.input_layernorm(hidden)
             q = attn.q_proj(x).view(batch_size, num_new, -1, self.head_dim)  # (B, T, H, D)
@@ -98,6 +101,8 @@ class _Decoder(nn.Module):
             out = F.scaled_dot_product_attention(
                 q, k_cache, v_cache, attn_mask=attend, scale=self.scaling, enable_gqa=True
             )  # (B, H, T, D)
+            if rows is not None:  # the rows' caches were gathered copies: write them back
+                k_all[rows], v_all[rows] = k_cache, v_cache
             hidden = hidden + attn.o_proj(out.transpose(1, 2).reshape(batch_size, num_new, -1))
             hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
         hidden = self.norm(hidden)
@@ -254,6 +259,30 @@ class StaticLM:
         logits = self._forward(ids, 0, last, compiled=need_logits)  # (B', 1, V)
         self.rollback(start + counts)
         return logits[:, 0] if need_logits else None
+
+    @torch.inference_mode()
+    def admit(self, rows: torch.Tensor, sequences: torch.Tensor, ends: torch.Tensor) -> None:
+        """Active rows ``rows`` (R,) start over on ``sequences[r, :ends[r]]``: an eager pass over their buffer rows
+        only, written at the front of the buffer (every slot of a forgotten row is free; the next pass of the whole
+        batch still writes at ``size``, past them)."""
+        buffer_rows = self.active[rows.to(self.device)]  # (R,)
+        self.slot_mask[buffer_rows] = False
+        sequences, ends = sequences.to(self.device)[rows], ends.to(self.device)[rows]
+        ids, counts = ragged_slices(sequences, torch.zeros_like(ends), ends)  # (R, T), (R,)
+        num_new = ids.shape[1]
+        if num_new:
+            if num_new > self.capacity:
+                raise RuntimeError(f"static KV cache full: a {num_new}-token prompt > capacity {self.capacity}")
+            slots = self._slot_ids[:num_new]  # (T,)
+            positions = slots.expand(len(rows), -1)  # (R, T)
+            # Causal over the new slots only; padding queries see themselves too (no empty softmax row).
+            causal = (self._slot_ids <= slots[:, None]) & (self._slot_ids < num_new)  # (T, S_max)
+            attend = causal[None, None].expand(len(rows), 1, -1, -1)  # (R, 1, T, S_max)
+            picks = torch.zeros(len(rows), 1, dtype=torch.long, device=self.device)
+            self.decoder(ids, positions, slots, attend, picks, rows=buffer_rows)
+            self.slot_mask[buffer_rows, :num_new] = slots < counts[:, None]
+        self.size = max(self.size, num_new)
+        self._shrink()
 
     def _shrink(self) -> None:
         """Move ``size`` back to just past the last slot any row still uses."""

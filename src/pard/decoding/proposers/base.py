@@ -68,6 +68,11 @@ class Proposer(ABC):
     def keep_rows(self, rows: torch.Tensor) -> None:
         """Finished rows leave the batch; keep these row indices."""
 
+    @abstractmethod
+    def admit(self, rows: torch.Tensor, sequences: torch.Tensor, lengths: torch.Tensor) -> None:
+        """Rows ``rows`` (R,) start over on new prompts, sequences[r, :lengths[r]]: forget them, read the prompts
+        (as ``prefill`` does)."""
+
 
 class DraftModelProposer(Proposer):
     """Shared mechanics of proposers backed by a draft LM: its ragged KV cache, rollback, and token picking."""
@@ -86,6 +91,9 @@ class DraftModelProposer(Proposer):
 
     def keep_rows(self, rows):
         self.lm.keep_rows(rows)
+
+    def admit(self, rows, sequences, lengths):
+        self.lm.admit(rows, sequences, lengths - 1)
 
     def pick(
         self, logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator | None
