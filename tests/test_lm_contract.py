@@ -115,3 +115,22 @@ def test_admit_starts_rows_over_on_new_prompts(make, model):
     close(out[0], reference(model, [20, 21, 22, 23, 24, 25, 50, 51])[-2:])
     close(out[1], reference(model, [1, 2, 52, 53])[-2:])
     close(out[2], reference(model, [30, 54, 55])[-2:])
+
+
+def test_the_cache_goes_by_the_name_the_model_takes(model):
+    """transformers renamed ``past_key_values`` to ``cache`` (the old name warns, then goes in 5.40): the dynamic
+    cache passes whichever name the model's forward declares, so it neither warns nor breaks on either side."""
+    import warnings
+
+    from pard.decoding.cache import cache_argument
+
+    assert cache_argument(model) == "cache"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        CachedLM(model, 1).forward(torch.tensor([[5, 6, 7]]))
+
+    class OldStyle(torch.nn.Module):
+        def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, use_cache=None):
+            return input_ids
+
+    assert cache_argument(OldStyle()) == "past_key_values"

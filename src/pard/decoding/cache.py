@@ -14,6 +14,8 @@ proposers use.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
@@ -29,6 +31,7 @@ class CachedLM:
         self.model = model
         self.device = model.device
         self.cache = DynamicCache(config=model.config)
+        self._cache_argument = cache_argument(model)
         self.slot_mask = torch.zeros(batch_size, 0, dtype=torch.bool, device=self.device)  # (B, S)
 
     @property
@@ -52,7 +55,7 @@ class CachedLM:
             input_ids=input_ids.to(self.device),
             attention_mask=self.slot_mask.long(),
             position_ids=positions,
-            past_key_values=self.cache,
+            **{self._cache_argument: self.cache},
             use_cache=True,
             logits_to_keep=logits_to_keep,
         )
@@ -119,6 +122,12 @@ class CachedLM:
             return None
         last = (counts - 1).clamp_min(0)  # (B,)
         return logits[torch.arange(len(last), device=self.device), last]  # (B, V)
+
+
+def cache_argument(model: PreTrainedModel) -> str:
+    """The name ``model.forward`` takes its cache by: ``cache`` since transformers renamed ``past_key_values``
+    (deprecated in 5.x, removed in 5.40); older releases and remote code may only know the old name."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def admits_rows(model: PreTrainedModel) -> bool:
