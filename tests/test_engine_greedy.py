@@ -6,7 +6,7 @@ import torch
 
 from helpers import PROMPTS, as_pard_draft, hf_greedy, noisy_copy
 from pard import SpeculativeDecoder
-from pard.tiny import BYTE_VOCAB
+from pard.tiny import BYTE_VOCAB, tiny_model
 
 MAX_NEW = 24
 KS = [1, 2, 4, 8]
@@ -151,3 +151,16 @@ def test_continuous_batching_rows_equal_rows_alone(target, references, method, e
     assert out.sequences == expected
     assert finished == dict(enumerate(expected))  # each prompt reported once, when done
     assert len({len(seq) for seq in expected}) > 2  # the rows really finished at different times
+
+
+def test_sliding_window_models_cannot_refill_rows():
+    """A sliding-window cache keeps only its last tokens, so a row cannot start over in it: the decoder says so,
+    refuses a pool in one line, and still decodes every prompt given at once."""
+    from pard.errors import InvalidArgumentError
+
+    target = tiny_model("qwen2", use_sliding_window=True, sliding_window=4, max_window_layers=0)
+    decoder = SpeculativeDecoder(target, method="ar")
+    assert not decoder.admits_new_rows
+    with pytest.raises(InvalidArgumentError, match="sliding-window"):
+        decoder.generate(PROMPTS, max_new_tokens=4, max_batch_size=2)
+    assert len(decoder.generate(PROMPTS, max_new_tokens=4, max_batch_size=3).sequences) == 3

@@ -85,7 +85,7 @@ class CachedLM:
     def admit(self, rows: torch.Tensor, sequences: torch.Tensor, ends: torch.Tensor) -> None:
         """Rows ``rows`` (R,) start over on ``sequences[r, :ends[r]]``: read in a cache of their own (a forward over
         those rows only), then written over the rows' slots, from the front (the cache widens if it must)."""
-        if any(getattr(layer, "is_sliding", False) for layer in self.cache.layers):
+        if _has_sliding_layers(self.cache):
             raise NotImplementedError("a sliding-window cache cannot take a new row")
         rows = rows.to(self.device)
         fresh = CachedLM(self.model, len(rows))
@@ -133,4 +133,8 @@ def cache_argument(model: PreTrainedModel) -> str:
 def admits_rows(model: PreTrainedModel) -> bool:
     """Whether a :class:`CachedLM` of ``model`` can ``admit`` new rows: not with sliding-window layers, which keep
     only their last tokens (the static cache never runs those models)."""
-    return not any(getattr(layer, "is_sliding", False) for layer in DynamicCache(config=model.config).layers)
+    return not _has_sliding_layers(DynamicCache(config=model.config))
+
+
+def _has_sliding_layers(cache: DynamicCache) -> bool:
+    return any(getattr(layer, "is_sliding", False) for layer in cache.layers)

@@ -62,11 +62,11 @@ class SmolDraftRecipe:
 RECIPES = {
     # What `zoo:smollm2-pard` was built with, on a GPU (an H100: 12 minutes of answers, 3 of training).
     "full": SmolDraftRecipe(),
-    # Sized for 2 CPU cores and 2 hours (measured on an AMD EPYC Zen 3): an answer cost ~3 s there in fixed batches
-    # of 16 (compiled steps; continuous batching since makes that 1.5x faster), so fewer and shorter answers (896
-    # with 256 GSM8K questions: 46 minutes); and no distillation, because SmolLM2's forward over each batch would
-    # more than double a training step (16.7 s without it; it added 33 s in a probe) -- the labels already are
-    # SmolLM2's own greedy tokens. 180 steps: 50 minutes. A weaker draft than the full recipe's (README).
+    # Sized for 2 CPU cores and 2 hours (measured on an AMD EPYC Zen 3): an answer costs ~2 s there (16 rows,
+    # continuous batching, compiled steps), so fewer and shorter answers (896 with 256 GSM8K questions: 30
+    # minutes); and no distillation, because SmolLM2's forward over each batch would more than double a training
+    # step (17 s without it; it added 33 s in a probe) -- the labels already are SmolLM2's own greedy tokens. 180
+    # steps: 51 minutes. A weaker draft than the full recipe's (README).
     "cpu": SmolDraftRecipe(prompts=640, max_new_tokens=256, regenerate_batch=16, steps=180, kd_weight=0.0),
     # The cpu recipe plus distillation from the top-16 SmolLM2 stored while it wrote the answers (no teacher
     # forward: a step costs 17.0 s instead of 16.7). Measured no better in 1-α than `cpu` (README), so not the
