@@ -30,10 +30,11 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--device", default="cpu", help="where SmolLM2 runs (cpu, cuda)")
     parser.add_argument("--output", default="bench-results/continuous-batching")
     args = parser.parse_args()
 
-    pair = load_pair("zoo:smollm2", dtype="float32", device="cpu")
+    pair = load_pair("zoo:smollm2", dtype="float32", device=args.device)
     eos = sorted(eos_token_ids(pair.tokenizer, pair.target))
     prompts = [render_chat(pair.tokenizer, r["messages"][:-1], add_generation_prompt=True)
                for r in stdlib_chat_prompts("train", args.prompts)]
