@@ -144,13 +144,16 @@ def test_continuous_batching_rows_equal_rows_alone(target, references, method, e
     refs = [references.get(tuple(p)) or hf_greedy(target, p, MAX_NEW) for p in prompts]
     eos = {refs[0][3], refs[4][12]}
     finished = {}
-    out = SpeculativeDecoder(target, draft, method=method, num_draft_tokens=4, engine=engine).generate(
-        prompts, max_new_tokens=MAX_NEW, eos_token_id=sorted(eos), max_batch_size=2,
-        on_finish=lambda index, tokens, top: finished.setdefault(index, list(tokens)))
+    decoder = SpeculativeDecoder(target, draft, method=method, num_draft_tokens=4, engine=engine)
+    out = decoder.generate(prompts, max_new_tokens=MAX_NEW, eos_token_id=sorted(eos), max_batch_size=2,
+                           on_finish=lambda index, tokens, top: finished.setdefault(index, list(tokens)))
     expected = [ref[: next((i + 1 for i, t in enumerate(ref) if t in eos), len(ref))] for ref in refs]
     assert out.sequences == expected
     assert finished == dict(enumerate(expected))  # each prompt reported once, when done
     assert len({len(seq) for seq in expected}) > 2  # the rows really finished at different times
+    if draft is not None:  # an admitted row's draft read its own prompt: its first proposal is the one made alone
+        alone = [decoder.generate([p], max_new_tokens=MAX_NEW).stats.accepted_lengths[0][0] for p in prompts]
+        assert [row[0] for row in out.stats.accepted_lengths] == alone
 
 
 def test_sliding_window_models_cannot_refill_rows():
