@@ -15,6 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from transformers import PreTrainedModel
@@ -119,7 +120,7 @@ class SpeculativeDecoder:
             self._resolved_engine = resolve_engine(self.engine, models, expected)
         return self._resolved_engine
 
-    @property
+    @cached_property  # asked by every pooled generate call (and by regenerate per group); the models do not change
     def admits_new_rows(self) -> bool:
         """Whether ``generate(max_batch_size=...)`` can refill finished rows with waiting prompts (every model here
         but those with sliding-window attention)."""
