@@ -42,9 +42,14 @@ def noisy_copy(model, scale: float, seed: int):
     return draft
 
 
-def write_tiny_gguf(path, tokenizer_dir, *, seed: int = 0):
+def write_tiny_gguf(path, tokenizer_dir, *, seed: int = 0, architecture: str = "llama", tokenizer_model: str = "gpt2",
+                    keep_tensors=None):
     """Write a tiny random Llama with the tokenizer in ``tokenizer_dir`` (a GPT-2 style BPE) as an F32 GGUF file the
-    way llama.cpp's converter does (q/k rows permuted for its rotary layout), and return the model it holds."""
+    way llama.cpp's converter does (q/k rows permuted for its rotary layout), and return the model it holds.
+
+    Broken files for the refusal tests: another ``architecture`` name in the header, another ``tokenizer_model``
+    (its extra fields, e.g. a sentencepiece model's scores, are not written), only the GGUF tensors for which
+    ``keep_tensors(name)`` is true."""
     import json
 
     import gguf
@@ -63,7 +68,7 @@ def write_tiny_gguf(path, tokenizer_dir, *, seed: int = 0):
     def permute(w, n_head):  # llama.cpp's convert_hf_to_gguf.py rotary permutation of q and k rows
         return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
-    writer = gguf.GGUFWriter(str(path), "llama")
+    writer = gguf.GGUFWriter(str(path), architecture)
     writer.add_block_count(config.num_hidden_layers)
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)
@@ -74,12 +79,13 @@ def write_tiny_gguf(path, tokenizer_dir, *, seed: int = 0):
     writer.add_rope_freq_base(10000.0)
     writer.add_rope_dimension_count(config.hidden_size // heads)
     writer.add_vocab_size(len(vocab))
-    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_model(tokenizer_model)
     writer.add_token_list([token for token, _ in vocab])
     special = set(tokenizer.all_special_ids)
     writer.add_token_types([3 if i in special else 1 for _, i in vocab])
-    merges = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["merges"]
-    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
+    if tokenizer_model == "gpt2":  # a BPE's merges (a sentencepiece model would have scores instead)
+        merges = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["merges"]
+        writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
     writer.add_eos_token_id(tokenizer.eos_token_id)
     writer.add_bos_token_id(tokenizer.eos_token_id)
     state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
@@ -90,15 +96,17 @@ def write_tiny_gguf(path, tokenizer_dir, *, seed: int = 0):
                  "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
     for name, array in state.items():
         if name in names:
-            writer.add_tensor(names[name], array)
-            continue
-        _, _, layer, *rest = name.split(".")
-        module = ".".join(rest[:-1])
-        if module == "self_attn.q_proj":
-            array = permute(array, heads)
-        elif module == "self_attn.k_proj":
-            array = permute(array, kv_heads)
-        writer.add_tensor(f"blk.{layer}.{per_layer[module]}.weight", array)
+            gguf_name = names[name]
+        else:
+            _, _, layer, *rest = name.split(".")
+            module = ".".join(rest[:-1])
+            if module == "self_attn.q_proj":
+                array = permute(array, heads)
+            elif module == "self_attn.k_proj":
+                array = permute(array, kv_heads)
+            gguf_name = f"blk.{layer}.{per_layer[module]}.weight"
+        if keep_tensors is None or keep_tensors(gguf_name):
+            writer.add_tensor(gguf_name, array)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

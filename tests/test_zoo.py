@@ -196,7 +196,8 @@ def test_a_cpu_build_refuses_up_front_to_replace_the_committed_draft(tmp_path):
 
     before = {p: p.read_bytes() for p in zoo_path(NAME).rglob("*") if p.is_file()}
     with pytest.raises(InvalidArgumentError, match="built with the full recipe.*--output"):
-        build_smollm2_draft(ZOO_DIR, tmp_path / "work", device="cpu", recipe="cpu", progress=False)
+        build_smollm2_draft(ZOO_DIR, tmp_path / "work", device="cpu", recipe="cpu", progress=False,
+                            replace_shipped=True)
     assert {p: p.read_bytes() for p in zoo_path(NAME).rglob("*") if p.is_file()} == before
     assert not any((tmp_path / "work").rglob("*"))  # refused before any stage started
 

@@ -23,11 +23,30 @@ SHARED_KEY = "pard_base_tensors"  # config: names of the tensors taken from it
 WEIGHTS = "model.safetensors"
 
 
+def base_reference(spec: str) -> str | None:
+    """How a draft names its base so that it loads from any working directory: a local model by its absolute path,
+    a ``zoo:`` or hub name as given; None for a model built in code (``tiny:``), which no later run can read tensors
+    from: such a draft stores every tensor itself."""
+    if spec.startswith("tiny:"):
+        return None
+    path = Path(spec).expanduser()
+    return str(path.resolve()) if path.exists() else spec
+
+
 def _locate(spec: str) -> dict[str, Path]:
     """Tensor name -> safetensors file, for the model ``spec`` names (single file or sharded with an index)."""
     from .specs import resolve_spec
 
     folder = Path(resolve_spec(spec))
+    if not folder.exists() and not spec.startswith((".", "/", "~")):  # a hub id: its files in the hub's cache
+        try:
+            from huggingface_hub import snapshot_download
+
+            folder = Path(snapshot_download(spec, allow_patterns=["*.safetensors", "*.safetensors.index.json",
+                                                                  "config.json"]))
+        except Exception as err:  # the hub client's errors: offline, unknown repo, no access
+            raise ModelLoadError(f"base model {spec}: cannot read its weights ({str(err).strip().splitlines()[0]})") \
+                from None
     index = folder / f"{WEIGHTS}.index.json"
     if index.exists():
         return {name: folder / file for name, file in json.loads(index.read_text())["weight_map"].items()}
@@ -35,6 +54,11 @@ def _locate(spec: str) -> dict[str, Path]:
         raise ModelLoadError(f"base model {spec}: no {WEIGHTS} in {folder}")
     with safe_open(str(folder / WEIGHTS), "pt") as f:
         return dict.fromkeys(f.keys(), folder / WEIGHTS)
+
+
+def check_base(spec: str) -> None:
+    """Raise :class:`ModelLoadError` now, before hours of training, if a draft could not read tensors of ``spec``."""
+    _locate(spec)
 
 
 def base_tensors(spec: str, names: list[str]) -> dict[str, torch.Tensor]:

@@ -33,6 +33,33 @@ def validate_pair(draft_tokenizer, target: str, mask_id: int, *, trust_remote_co
         )
 
 
+def check_exportable(draft: str, config) -> None:
+    """Refuse a draft vLLM cannot serve in any form: a reduced-vocabulary LM head."""
+    if getattr(config, DRAFT_VOCAB_KEY, None):
+        raise InvalidArgumentError(
+            f"{draft} has a reduced draft vocabulary ({getattr(config, DRAFT_VOCAB_KEY)} of {config.vocab_size} "
+            "tokens): vLLM's draft models need a full-vocabulary LM head; serve it with pard, or export a draft "
+            "trained without --draft-vocab"
+        )
+
+
+def check_servable(draft: str, config) -> None:
+    """Refuse a draft directory vLLM cannot load as it is: what export refuses, and what export would fix (tensors
+    kept in its base model, no tokenizer of its own, the mask id under another key)."""
+    check_exportable(draft, config)
+    folder = Path(resolve_spec(draft))
+    missing = []
+    if getattr(config, BASE_KEY, None):
+        missing.append(f"its tensors {', '.join(getattr(config, SHARED_KEY, []))} live in its base "
+                       f"{getattr(config, BASE_KEY)}")
+    if folder.is_dir() and not any((folder / name).exists() for name in ("tokenizer.json", "tokenizer_config.json",
+                                                                         "tokenizer.model")):
+        missing.append("it has no tokenizer")
+    if missing:
+        raise InvalidArgumentError(f"vLLM cannot load {draft} as it is ({'; '.join(missing)}): run `pard export` "
+                                   "on it first and serve the exported directory")
+
+
 def export_draft(
     draft: str,
     output: str | Path,
@@ -51,12 +78,7 @@ def export_draft(
     output = Path(output)
     check_output_dir(output, overwrite=overwrite, what="--output")  # before anything is loaded
     config = load_config(draft, trust_remote_code=trust_remote_code)
-    if getattr(config, DRAFT_VOCAB_KEY, None):
-        raise InvalidArgumentError(
-            f"{draft} has a reduced draft vocabulary ({getattr(config, DRAFT_VOCAB_KEY)} of {config.vocab_size} "
-            "tokens): vLLM's draft models need a full-vocabulary LM head; serve it with pard, or export a draft "
-            "trained without --draft-vocab"
-        )
+    check_exportable(draft, config)
     mask_id, found_under = find_mask_token(config, mask_token_id, mask_key)
     tokenizer = load_tokenizer(draft, trust_remote_code=trust_remote_code)
     model = load_model(draft, dtype="checkpoint", device="cpu", trust_remote_code=trust_remote_code)

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from .errors import InvalidArgumentError, OutputError
 
+STAGING = ".staging."  # hidden sibling directories of publish_dir: .NAME.staging.PID.RANDOM
+
 
 def current_umask() -> int:
     mask = os.umask(0)
@@ -110,7 +112,9 @@ def publish_dir(path: str | Path, *, overwrite: bool) -> Iterator[Path]:
     check_output_dir(path, overwrite=overwrite, what="--output")
     parent = path.absolute().parent
     parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=parent, prefix=f".{path.name}.staging."))
+    # The process id in the name tells a later run whether the staging directory is still being built
+    # (:func:`remove_stale_staging`): a process killed mid-build cannot clean up after itself.
+    staging = Path(tempfile.mkdtemp(dir=parent, prefix=f".{path.name}{STAGING}{os.getpid()}."))
     try:
         yield staging
         apply_umask(staging)
@@ -124,6 +128,31 @@ def publish_dir(path: str | Path, *, overwrite: bool) -> Iterator[Path]:
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def remove_stale_staging(directory: str | Path) -> list[Path]:
+    """Delete the staging directories in ``directory`` whose building process is gone (killed mid-build: a
+    de-quantized SmolLM2 is ~540 MB each); those of live processes are left alone. Returns what was removed."""
+    removed = []
+    directory = Path(directory)
+    if not directory.is_dir():
+        return removed
+    for staging in directory.glob(f".*{STAGING}*"):
+        pid = staging.name.rpartition(STAGING)[2].partition(".")[0]
+        if staging.is_dir() and pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(staging, ignore_errors=True)
+            removed.append(staging)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, but another user's
+        return True
+    return True
 
 
 @contextlib.contextmanager

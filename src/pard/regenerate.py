@@ -32,9 +32,10 @@ import torch
 from tqdm.auto import tqdm
 
 from .decoding import SamplingConfig, SpeculativeDecoder
+from .decoding.engine import check_draft_length
 from .decoding.engines import check_engine
 from .errors import DataError, InvalidArgumentError
-from .files import atomic_write_text, check_writable, exclusive_lock
+from .files import atomic_write_text, check_writable, exclusive_lock, existing_parent
 from .models import load_pair
 from .prompts import eos_token_ids, has_chat_template, render_chat
 from .training.config import DataConfig
@@ -161,6 +162,7 @@ def _validate(config: RegenerateConfig) -> None:
                         ("--max-k", config.max_draft_tokens)]:
         if value < 1:
             raise InvalidArgumentError(f"{name} must be >= 1, got {value}")
+    check_draft_length(config.num_draft_tokens, config.max_draft_tokens)
     if config.limit is not None and config.limit < 1:
         raise InvalidArgumentError(f"--limit must be >= 1, got {config.limit}")
     if not config.data:
@@ -168,6 +170,7 @@ def _validate(config: RegenerateConfig) -> None:
     output = Path(config.output)
     if output.is_dir():
         raise InvalidArgumentError(f"--output {output} is a directory; give a .jsonl file path")
+    check_writable(existing_parent(output))  # a file or a read-only directory on the way: one line, nothing made
     for spec in config.data:
         source = Path(spec)
         if source.exists() and (source.resolve() == output.resolve()
@@ -205,11 +208,22 @@ def _finished_ids(output: Path, top_logprobs: int = 0) -> set[str]:
             raise DataError(f"{output}: its records were written {'with' if RECORD_FIELD in record else 'without'} "
                             f"--top-logprobs and this run is {'with' if top_logprobs else 'without'}; resume with "
                             "the same setting, or choose another --output")
+        width = _stored_width(record)
+        if width is not None and width != top_logprobs:
+            raise DataError(f"{output}: its records store the target's top {width} and this run would store the top "
+                            f"{top_logprobs}; resume with --top-logprobs {width}, or choose another --output")
         ids.add(record["id"])
     # A torn last line is ours only if what precedes it is ours, or it starts the way our records start.
     if torn and not ids and not torn.startswith(b'{"id": '):
         raise refuse
     return ids
+
+
+def _stored_width(record: dict) -> int | None:
+    """N of a record written with --top-logprobs N (None without, or when every completion is empty)."""
+    rows = (row for entry in record.get(RECORD_FIELD, ()) for row in entry["ids"])
+    first = next(rows, None)
+    return len(first) if first is not None else None
 
 
 def _cut_torn_tail(output: Path) -> None:

@@ -26,11 +26,14 @@ def parse_layers(text: str) -> list[int]:
     """``"0-3,29"`` -> [0, 1, 2, 3, 29]."""
     layers = []
     for part in text.split(","):
-        first, sep, last = part.strip().partition("-")
-        try:
-            layers.extend(range(int(first), int(last) + 1) if sep else [int(first)])
-        except ValueError:
-            raise InvalidArgumentError(f"bad layer list {text!r}; write e.g. 0-3,29") from None
+        part = part.strip()
+        first, sep, last = part.partition("-")
+        if not first.isdigit() or sep and not last.isdigit():  # also catches negative numbers: 0--1, -1
+            raise InvalidArgumentError(f"bad layer list {text!r}: layers are numbers from 0; write e.g. 0-3,29")
+        if sep and int(last) < int(first):
+            raise InvalidArgumentError(f"bad range {part!r} in --slice-layers: a range runs from low to high, "
+                                       "e.g. 2-5")
+        layers.extend(range(int(first), int(last) + 1) if sep else [int(first)])
     return layers
 
 

@@ -55,6 +55,10 @@ class BenchConfig:
             check_engine(engine)
         if any(k != "auto" and (not isinstance(k, int) or k < 1) for k in self.ks) or self.max_k < 1:
             raise InvalidArgumentError("each K must be an integer >= 1 or 'auto', and --max-k >= 1")
+        from ..decoding.engine import check_draft_length
+
+        for k in self.ks:
+            check_draft_length(k, self.max_k)
         if min(self.batch_sizes) < 1 or self.repeats < 1 or self.num_prompts < 1:
             raise InvalidArgumentError("K, batch sizes, repeats and --num-prompts must be >= 1")
         if self.max_new_tokens < 1 or self.warmup < 0:

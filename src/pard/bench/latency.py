@@ -19,8 +19,8 @@ import torch
 from ..decoding.engines import open_lm
 from ..errors import InvalidArgumentError
 from ..files import atomic_write_text
-from ..models import load_model
-from .report import machine_info, markdown_table, save_figure, write_json
+from ..models import load_config, load_model
+from .report import machine_info, markdown_table, plot_or_note, save_figure, write_json
 from .runner import busy_machine_check
 
 
@@ -61,11 +61,16 @@ def forward_seconds(model, lm, n: int, config: LatencyConfig, generator: torch.G
 
 def run_latency(config: LatencyConfig) -> dict:
     """Time every model at n = 1..max_tokens; write summary.json, results.md and latency.png to ``output``."""
-    load = busy_machine_check()
     if config.engine not in ("eager", "static", "compiled"):
         raise InvalidArgumentError(f"unknown engine {config.engine!r}; choose one of eager, static, compiled")
     config.tokens = sorted(set(config.tokens)) or list(range(1, config.max_tokens + 1))
     config.max_tokens = max(config.tokens)
+    for spec in config.models:  # a pass beyond the positions a model was trained for times nothing it can do
+        window = getattr(load_config(spec).get_text_config(), "max_position_embeddings", None)
+        if window is not None and config.context + config.max_tokens > window:
+            raise InvalidArgumentError(f"{spec}: --context {config.context} + {config.max_tokens} tokens exceeds its "
+                                       f"context window of {window} positions")
+    load = busy_machine_check()
     generator = torch.Generator().manual_seed(config.seed)
     results = {}
     for spec in config.models:
@@ -80,8 +85,8 @@ def run_latency(config: LatencyConfig) -> dict:
     out = Path(config.output)
     write_json(out / "summary.json", summary)
     atomic_write_text(out / "results.md", latency_markdown(summary))
-    latency_plot(summary, out / "latency.png")
-    return summary
+    written = plot_or_note(latency_plot, summary, out / "latency.png")
+    return {**summary, "plots": [written.name] if written else []}
 
 
 def latency_markdown(summary: dict) -> str:
@@ -99,7 +104,7 @@ def latency_markdown(summary: dict) -> str:
             "threads).\n")
 
 
-def latency_plot(summary: dict, path: Path) -> None:
+def latency_plot(summary: dict, path: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -116,3 +121,4 @@ def latency_plot(summary: dict, path: Path) -> None:
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
+    return path

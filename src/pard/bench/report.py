@@ -41,6 +41,21 @@ def write_json(path: Path, data) -> None:
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
+PLOTS_NOTE = 'pard: plots skipped: they need matplotlib (pip install "pard-spec[bench]")'
+
+
+def plot_or_note(plot, *args):
+    """``plot(*args)`` when matplotlib is installed (the ``bench`` extra); otherwise one line on stderr saying how to
+    get plots, and None: the results themselves are written either way."""
+    import importlib.util
+    import sys
+
+    if importlib.util.find_spec("matplotlib") is None:
+        print(PLOTS_NOTE, file=sys.stderr)
+        return None
+    return plot(*args)
+
+
 def save_figure(fig, path: Path) -> None:
     """``fig`` as a PNG at ``path``, written atomically (a half-written plot never replaces the previous one)."""
     import io

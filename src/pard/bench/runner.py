@@ -70,7 +70,6 @@ def run_bench(config: BenchConfig) -> dict:
     out_dir = Path(config.output)
     check_output_dir(out_dir, overwrite=True, what="--output")  # a file there, or no write permission: say so now
     sampling = SamplingConfig(config.temperature, config.top_k, config.top_p)
-    load = {"start": busy_machine_check()}
     prompt_sets = {d: load_prompts(d, limit=config.num_prompts, prompt_field=config.prompt_field)
                    for d in config.datasets}
     drafts = {
@@ -80,6 +79,7 @@ def run_bench(config: BenchConfig) -> dict:
     draft_tokenizers = {kind: load_tokenizer(spec) for kind, spec in
                         [("pard", config.draft), ("ar", config.ar_draft)] if drafts[kind] is not None}
     tokenizers = {spec: load_tokenizer(spec) for spec in config.targets}  # a missing target fails here, not later
+    load = {"start": busy_machine_check()}  # after every check of the arguments: a refusal stays one line
     # ar first: it is every speedup's denominator and every greedy output's reference.
     methods = ["ar"] + [m for m in config.methods if m != "ar"]
     plan = _plan(config, methods)

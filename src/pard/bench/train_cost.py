@@ -26,7 +26,7 @@ from ..training.config import DataConfig, TrainConfig
 from ..training.cost import cod_token_factor
 from ..training.rundir import TRAINING_INFO_FILE
 from ..training.trainer import train
-from .report import machine_info, markdown_table, save_figure, write_json
+from .report import machine_info, markdown_table, plot_or_note, save_figure, write_json
 
 WARMUP_STEPS = 2
 
@@ -100,7 +100,7 @@ def run_training_cost(
         "analytic_tokens_per_sequence_token"]
     write_json(output / "train_cost.json", results)
     atomic_write_text(output / "train_cost.md", training_cost_markdown(results))
-    plot_training_cost(results, output / "train_cost.png")
+    plot_or_note(plot_training_cost, results, output / "train_cost.png")
     return results
 
 

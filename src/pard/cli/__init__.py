@@ -13,6 +13,7 @@ import argparse
 import os
 import sys
 import threading
+import warnings
 from functools import partial
 
 COMMAND_GROUPS = ("generate", "train", "bench", "data", "interop", "zoo")
@@ -45,6 +46,16 @@ def _redeliver_interrupts(others, unraisable) -> None:
         others(unraisable)
 
 
+def _close_progress_bars() -> None:
+    """Close the progress bars still on screen (an exception skipped their own close), so that the error is the last
+    line and not redrawn over by a bar."""
+    tqdm_module = sys.modules.get("tqdm.std")
+    if tqdm_module is None:
+        return
+    for bar in list(getattr(tqdm_module.tqdm, "_instances", ())):
+        bar.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv
@@ -61,10 +72,14 @@ def main(argv: list[str] | None = None) -> int:
 
             hf_logging.set_verbosity_error()
             hf_logging.disable_progress_bar()
-        return args.func(args)
+        with warnings.catch_warnings():  # restored afterwards: the API used in-process keeps its own filters
+            if not args.debug:
+                warnings.simplefilter("ignore")  # libraries' warnings (inductor's, transformers') are --debug detail
+            return args.func(args)
     except KeyboardInterrupt:
         if debug:
             raise
+        _close_progress_bars()
         print("pard: interrupted", file=sys.stderr)
         return 130
     except SystemExit:
@@ -74,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if debug:
             raise
+        _close_progress_bars()
         if isinstance(err, PardError):
             print(f"pard: error: {err}", file=sys.stderr)
             return 2

@@ -94,7 +94,7 @@ def run_bench(args) -> int:
     from pathlib import Path
 
     from ..bench.config import BenchConfig
-    from ..bench.report import bench_markdown, bench_plots
+    from ..bench.report import bench_markdown, bench_plots, plot_or_note
     from ..bench.runner import run_bench
     from ..files import atomic_write_text
 
@@ -110,13 +110,13 @@ def run_bench(args) -> int:
     out = Path(args.output)
     markdown = bench_markdown(summary)
     atomic_write_text(out / "results.md", markdown)
-    plots = bench_plots(summary, out)
+    plots = plot_or_note(bench_plots, summary, out) or []
     print(markdown)
     mismatches = sum(m["mismatches"] or 0 for m in summary["measurements"])
     if config.temperature == 0:
         print(f"greedy outputs differing from ar: {mismatches}")
-    print(f"wrote {out}/summary.json, generations.jsonl, results.md, {', '.join(p.name for p in plots)}",
-          file=sys.stderr)
+    print(f"wrote {out}/summary.json, generations.jsonl, results.md"
+          + "".join(f", {p.name}" for p in plots), file=sys.stderr)
     return 0 if mismatches == 0 else 3
 
 
@@ -132,7 +132,8 @@ def run_bench_latency(args) -> int:
                                         repeats=args.repeats, batch_size=args.batch_size, dtype=args.dtype,
                                         device=args.device, engine=args.engine, output=args.output))
     print(latency_markdown(summary))
-    print(f"wrote {args.output}/summary.json, results.md, latency.png", file=sys.stderr)
+    print(f"wrote {args.output}/summary.json, results.md" + "".join(f", {p}" for p in summary["plots"]),
+          file=sys.stderr)
     return 0
 
 

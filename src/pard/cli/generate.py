@@ -27,12 +27,14 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from ..decoding import SamplingConfig, SpeculativeDecoder
+    from ..decoding.engine import check_draft_length
     from ..decoding.engines import check_engine
     from ..models import load_pair
     from ..prompts import encode_prompt, eos_token_ids
 
     sampling = SamplingConfig(args.temperature, args.top_k, args.top_p)  # validate before loading anything
     check_engine(args.engine)
+    check_draft_length(args.num_draft_tokens, args.max_k)
     pair = load_pair(args.target, args.draft, dtype=args.dtype, device=args.device,
                      trust_remote_code=args.trust_remote_code)
     decoder = SpeculativeDecoder(pair.target, pair.draft, method=args.method or pair.method,
@@ -62,7 +64,7 @@ def print_stats(stats) -> None:
     from rich.table import Table
 
     k = f"auto (≤ {stats.num_draft_tokens})" if stats.adaptive else str(stats.num_draft_tokens)
-    table = Table(title=f"{stats.method}  K={k}", show_header=False)
+    table = Table(title=stats.method if stats.method == "ar" else f"{stats.method}  K={k}", show_header=False)
     table.add_row("tokens", str(stats.tokens))
     table.add_row("target forwards", str(stats.target_forwards))
     if stats.adaptive:

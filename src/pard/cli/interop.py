@@ -50,7 +50,7 @@ def run_export(args) -> int:
 
 def run_serve(args) -> int:
     from ..errors import InvalidArgumentError
-    from ..export import validate_pair
+    from ..export import check_servable, validate_pair
     from ..mask_tokens import PARD_TOKEN_KEY, find_mask_token
     from ..models import load_config, load_tokenizer
     from ..specs import resolve_spec
@@ -59,9 +59,12 @@ def run_serve(args) -> int:
     if args.num_draft_tokens < 1:
         raise InvalidArgumentError(f"the number of draft tokens K must be >= 1, got {args.num_draft_tokens}")
     # vLLM knows hub ids and directories, not our zoo: names: hand it the directories they stand for.
-    target, draft = resolve_spec(args.target), resolve_spec(args.draft)
+    draft = resolve_spec(args.draft)
+    config = load_config(draft)
+    check_servable(args.draft, config)  # what vLLM cannot load, whatever the target (before a GGUF target converts)
+    target = resolve_spec(args.target)
     if not args.no_validate:
-        mask_id, key = find_mask_token(load_config(draft))
+        mask_id, key = find_mask_token(config)
         if key != PARD_TOKEN_KEY:
             raise InvalidArgumentError(
                 f"vLLM reads the mask id from {PARD_TOKEN_KEY!r}, but this draft stores it under {key!r}; "

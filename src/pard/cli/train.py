@@ -52,6 +52,7 @@ def run_train(args) -> int:
 
 
 def run_bench_train(args) -> int:
+    import importlib.util
     from pathlib import Path
 
     from ..bench.train_cost import run_training_cost, training_cost_markdown
@@ -60,7 +61,9 @@ def run_bench_train(args) -> int:
                                 max_seq_len=args.max_seq_len, batch_size=args.batch_size, steps=args.steps,
                                 repeats=args.repeats)
     print(training_cost_markdown(results))
-    print(f"wrote {args.output}/train_cost.{{json,md,png}}", file=sys.stderr)
+    plotted = importlib.util.find_spec("matplotlib") is not None  # else plot_or_note said why there is no plot
+    print(f"wrote {args.output}/train_cost.json, train_cost.md" + (", train_cost.png" if plotted else ""),
+          file=sys.stderr)
     return 0
 
 

@@ -9,7 +9,11 @@ def register(sub) -> None:
     zoo = sub.add_parser("zoo", help="the embedded model family (zoo:small/medium/large targets, zoo:draft, zoo:pard)")
     zoo_sub = zoo.add_subparsers(dest="zoo_command", required=True, metavar="ZOO_COMMAND")
     zb = zoo_sub.add_parser("build", help="reproduce the family from scratch on the stdlib corpus (seeded)")
-    zb.add_argument("--output", help="where the family goes (default: inside the installed package)")
+    zb.add_argument("--output", help="where the built models go (default: WORK_DIR/models); the models shipped "
+                                     "in the package are replaced only by naming their directory here and adding "
+                                     "--replace-shipped")
+    zb.add_argument("--replace-shipped", action="store_true",
+                    help="allow --output to be the package's own zoo, replacing the models shipped with pard")
     zb.add_argument("--work-dir", default="runs/zoo", help="checkpoints and intermediate runs (resumable)")
     zb.add_argument("--scale", type=float, default=1.0, help="multiply every step count (e.g. 0.01 for a smoke run)")
     zb.add_argument("--only", nargs="+", help="build only these members (smollm2-pard: the SmolLM2 draft, which "
@@ -31,21 +35,27 @@ def register(sub) -> None:
 def run_build(args) -> int:
     from pathlib import Path
 
-    from ..zoo import ZOO_DIR
     from ..zoo.build import build_zoo
+    from ..zoo.publish import check_destination, check_family_build, check_members
+    from ..zoo.recipe import FAMILY
     from ..zoo.smollm2 import NAME, build_smollm2_draft
 
-    output = Path(args.output) if args.output else ZOO_DIR
+    # Everything a build could refuse is refused before its first stage (a SmolLM2 build takes hours).
+    check_members(args.only)
+    output = Path(args.output) if args.output else Path(args.work_dir) / "models"
+    check_destination(output, args.replace_shipped)
+    check_family_build(output, [n for n in FAMILY if not args.only or n in args.only], args.scale)
     if args.only and NAME in args.only:
         info = build_smollm2_draft(output, Path(args.work_dir), scale=args.scale, device=args.device,
-                                   prompts=args.prompts, recipe=args.recipe)
+                                   prompts=args.prompts, recipe=args.recipe, replace_shipped=args.replace_shipped)
         print(f"zoo:{NAME} ({info['recipe_name']} recipe): {info['steps']} steps, trained "
               f"{info['train_seconds'] / 60:.1f} min, data {info['data']['seconds'] / 60:.1f} min on {info['device']}, "
               f"{info['build_seconds'] / 60:.1f} min in all -> {output / NAME}")
         if len(args.only) == 1:
             return 0
     family = build_zoo(output, Path(args.work_dir), scale=args.scale,
-                       only=[n for n in args.only if n != NAME] if args.only else None)
+                       only=[n for n in args.only if n != NAME] if args.only else None,
+                       replace_shipped=args.replace_shipped)
     print_family(family)
     return 0
 

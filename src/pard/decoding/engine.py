@@ -34,6 +34,9 @@ from .stats import GenerationStats
 from .step import speculative_step, synchronize
 
 METHODS = ("ar", "vsd", "pard")
+# K (or -k auto's K_max) above this is a typo, not a setting: acceptance decays geometrically with depth (PARD's
+# drafts are trained with K <= 16), and each new pass width is one more compiled graph.
+MAX_DRAFT_TOKENS = 64
 
 
 @dataclass
@@ -45,6 +48,20 @@ class GenerationOutput:
     sequences: list[list[int]]
     stats: GenerationStats
     top_logprobs: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+
+def check_draft_length(num_draft_tokens: int | str, max_draft_tokens: int = 8) -> None:
+    """K is an integer in [0, MAX_DRAFT_TOKENS] (0 only for plain decoding, which the decoder checks), or ``"auto"``
+    with ``max_draft_tokens`` in [1, MAX_DRAFT_TOKENS]. Cheap: commands call it before loading any model."""
+    auto = num_draft_tokens == "auto"
+    value, name = (max_draft_tokens, "--max-k") if auto else (num_draft_tokens, "K")
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidArgumentError(f"the number of draft tokens K must be an integer or 'auto', got {value!r}")
+    if value > MAX_DRAFT_TOKENS:
+        raise InvalidArgumentError(f"{name} {value} is more draft tokens than a step can use (at most "
+                                   f"{MAX_DRAFT_TOKENS})")
+    if auto and value < 1:
+        raise InvalidArgumentError(f"--max-k must be >= 1, got {value}")
 
 
 class SpeculativeDecoder:
@@ -81,12 +98,11 @@ class SpeculativeDecoder:
     ):
         if method not in METHODS:
             raise InvalidArgumentError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-        self.adaptive = num_draft_tokens == "auto"
-        if self.adaptive:
+        auto = num_draft_tokens == "auto"
+        check_draft_length(num_draft_tokens, max_draft_tokens)
+        if auto:
             num_draft_tokens = max_draft_tokens
-        elif not isinstance(num_draft_tokens, int):
-            raise InvalidArgumentError(f"the number of draft tokens K must be an integer or 'auto', got "
-                                       f"{num_draft_tokens!r}")
+        self.adaptive = auto and method != "ar"  # plain decoding drafts nothing: there is no k to choose
         if method != "ar":
             if draft is None:
                 raise InvalidArgumentError(f"method {method!r} needs a draft model")
@@ -132,14 +148,19 @@ class SpeculativeDecoder:
         widths = {1, self.num_draft_tokens + 1}
         if self.adaptive:
             widths |= {2 ** j + 1 for j in range(self.num_draft_tokens.bit_length()) if 2**j < self.num_draft_tokens}
-        return tuple(sorted(widths))
+        return self._fitting(widths)
+
+    def _fitting(self, widths: set[int]) -> tuple[int, ...]:
+        """The widths a pass can have within the context window (a wider one never runs: not worth compiling)."""
+        window = self.context_window or max(widths)
+        return tuple(sorted({min(w, window) for w in widths}))
 
     def _draft_buckets(self) -> tuple[int, ...]:
         """Draft pass widths compiled."""
         k = self.num_draft_tokens
         if self.method == "vsd":  # one token per pass, after a first pass over the 1..k+1 tokens accepted last step
-            return (1, 2, 4, k + 1) if k > 3 else (1, k + 1)
-        return tuple(b for b in (1, k, (3 * k) // 2, 2 * k) if b > 0)  # pard: 1..k+1 unread tokens + k-1 masks
+            return self._fitting({1, 2, 4, k + 1} if k > 3 else {1, k + 1})
+        return self._fitting({b for b in (1, k, (3 * k) // 2, 2 * k) if b > 0})  # pard: 1..k+1 unread + k-1 masks
 
     def _make_proposer(self, lm: LanguageModel, batch_size: int) -> Proposer:
         target_vocab = vocab_size(self.target)
@@ -208,6 +229,9 @@ class SpeculativeDecoder:
             raise InvalidArgumentError("streaming supports one prompt at a time")
         if top_logprobs < 0:
             raise InvalidArgumentError(f"top_logprobs must be >= 0, got {top_logprobs}")
+        if top_logprobs > vocab_size(self.target):
+            raise InvalidArgumentError(f"top_logprobs (--top-logprobs) {top_logprobs} is more than the target's "
+                                       f"vocabulary of {vocab_size(self.target):,} tokens")
         if max_batch_size is not None and max_batch_size < 1:
             raise InvalidArgumentError(f"max_batch_size must be >= 1, got {max_batch_size}")
         batch_size = min(max_batch_size or len(prompts), len(prompts))

@@ -14,6 +14,7 @@ from itertools import accumulate
 
 from ..errors import InvalidArgumentError
 
+MIN_DRAFT_VOCAB = 16  # --draft-vocab below this is a head that can say little beyond EOS (a typo, not a choice)
 DISTILL_FROM_DATA = "data"  # --distill-from data: the target's distributions stored by pard regenerate
 
 
@@ -159,7 +160,9 @@ class TrainConfig:
              f"--max-seq-len {self.data_config.max_seq_len} is below K + 1 = {self.cod.num_draft_tokens + 1}: "
              "every sequence needs a position for each of the K subtasks"),
             (bool(self.data), "no training data given (--data)"),
-            (self.draft_vocab >= 0, f"--draft-vocab must be >= 0, got {self.draft_vocab}"),
+            (self.draft_vocab == 0 or self.draft_vocab >= MIN_DRAFT_VOCAB,
+             f"--draft-vocab {self.draft_vocab} is too small to propose anything useful (the end-of-text token "
+             f"alone takes a row): give at least {MIN_DRAFT_VOCAB}, or 0 for the full vocabulary"),
         ]
         for ok, message in checks:
             if not ok:

@@ -20,7 +20,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ProgressCallback
 
-from ..base_weights import drop_base_tensors
+from ..base_weights import base_reference, check_base, drop_base_tensors
 from ..draft_vocab import attach_subset_head, most_frequent_tokens, subset_head_of
 from ..errors import DataError
 from ..files import apply_umask, atomic_write_text
@@ -212,6 +212,11 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
     if config.resume and resume_from is None and rank0:
         print(f"pard: no complete checkpoint in {output}; starting fresh", file=sys.stderr)
     device = resolve_device(config.device)
+    # A sliced draft leaves out the tensors it shares with the model it was cut from and names that model instead:
+    # by a name that resolves from anywhere, checked now rather than after the last step.
+    base = base_reference(config.model) if config.slice_layers is not None else None
+    if base is not None:
+        check_base(base)
     torch.manual_seed(config.seed)
     tokenizer = load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
     model = load_model(config.model, dtype=torch.float32, device="cpu", trust_remote_code=config.trust_remote_code)
@@ -296,8 +301,8 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
         mark_parallel_draft(model.config, mask_ids)
     trainer.save_model(str(output))
     if trainer.is_world_process_zero():
-        if config.slice_layers is not None:  # frozen tensors come from the sliced model at load time
-            drop_base_tensors(output, config.model)
+        if base is not None:  # frozen tensors come from the sliced model at load time
+            drop_base_tensors(output, base)
         tokenizer.save_pretrained(output)
         apply_umask(output)  # transformers writes 0600 files; a vLLM server running as another user must read them
         info = training_info(config, mask_ids, trainer, result, seconds, len(dataset))

@@ -20,11 +20,13 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from ..errors import InvalidArgumentError
+from ..files import atomic_write_text, publish_dir
 from ..training.cod import CODConfig
 from ..training.config import DataConfig, TrainConfig
 from ..training.data import load_records
 from ..training.rundir import TRAINING_INFO_FILE, is_finished
 from ..training.trainer import train_or_resume
+from .publish import check_destination, check_family_build, check_members
 from .recipe import (
     BATCH_SIZE,
     COD_MIN_RETENTION,
@@ -147,12 +149,19 @@ def build_zoo(
     progress: bool = True,
     train_data: str = TRAIN_DATA,
     heldout_data: str = HELDOUT_DATA,
+    replace_shipped: bool = False,
 ) -> dict:
     """Build the family into ``output`` (bf16 safetensors + tokenizer per member, and family.json).
 
     ``scale`` multiplies every training-step count, and ``train_data`` / ``heldout_data`` replace the stdlib
-    corpus (tests build at a tiny scale on a few files to exercise the whole pipeline in seconds).
+    corpus (tests build at a tiny scale on a few files to exercise the whole pipeline in seconds). Refused before
+    any stage runs: unknown ``only`` members, the package's own zoo as ``output`` without ``replace_shipped``, and
+    replacing a member built at a larger scale.
     """
+    check_members(only)
+    check_destination(output, replace_shipped)
+    names = [n for n in FAMILY if only is None or n in only]
+    check_family_build(output, names, scale)
     started = time.perf_counter()
     output.mkdir(parents=True, exist_ok=True)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -163,7 +172,6 @@ def build_zoo(
         print(f"[zoo] training the tokenizer on {train_data}", flush=True)
         tokenizer = train_tokenizer(tok_dir, train_data)
     bf16 = fast_bf16_available()
-    names = [n for n in FAMILY if only is None or n in only]
     for index, name in enumerate(names, start=1):
         recipe = FAMILY[name]
         steps = max(1, math.ceil(recipe.steps * scale))
@@ -262,17 +270,17 @@ def _regenerate(regen: RegenerationRecipe, output: Path, data_dir: Path, tokeniz
 
 
 def _export_member(run_dir: Path, dest: Path) -> None:
-    """Final weights as bf16 safetensors + config + tokenizer + training record (no checkpoints, no pickles)."""
+    """Final weights as bf16 safetensors + config + tokenizer + training record (no checkpoints, no pickles),
+    replacing ``dest`` as a whole (an interrupted export leaves the previous member)."""
     from ..models import load_model
 
     model = load_model(str(run_dir), dtype="float32", device="cpu").to(torch.bfloat16)
-    if dest.exists():
-        shutil.rmtree(dest)
-    model.save_pretrained(dest)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(run_dir)
     tokenizer.init_kwargs.pop("local_files_only", None)  # how this build loaded it, not a property of the model
-    tokenizer.save_pretrained(dest)
-    shutil.copy(run_dir / TRAINING_INFO_FILE, dest / TRAINING_INFO_FILE)
+    with publish_dir(dest, overwrite=True) as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        shutil.copy(run_dir / TRAINING_INFO_FILE, staging / TRAINING_INFO_FILE)
 
 
 def _evaluate(output: Path, tokenizer, names: list[str], seconds: float, scale: float, heldout_data: str) -> dict:
@@ -286,6 +294,7 @@ def _evaluate(output: Path, tokenizer, names: list[str], seconds: float, scale: 
         info = json.loads((output / name / TRAINING_INFO_FILE).read_text())
         model = load_model(str(output / name), dtype="float32", device="cpu")
         members[name] = {
+            "scale": scale,
             "parameters": sum(p.numel() for p in model.parameters()),
             "num_draft_tokens": FAMILY[name].num_draft_tokens,
             "pard_token": getattr(model.config, PARD_TOKEN_KEY, None),
@@ -312,5 +321,5 @@ def _evaluate(output: Path, tokenizer, names: list[str], seconds: float, scale: 
     # What the whole recipe costs, however many invocations built it: every stage's training and data time.
     family["stage_seconds"] = round(sum(m["train_seconds"] + m.get("data_seconds", 0.0)
                                         for m in family["members"].values()), 1)
-    family_file.write_text(json.dumps(family, indent=2) + "\n")
+    atomic_write_text(family_file, json.dumps(family, indent=2) + "\n")
     return family

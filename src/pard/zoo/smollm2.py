@@ -36,10 +36,11 @@ from ..training.cod import CODConfig
 from ..training.config import DISTILL_FROM_DATA, DataConfig, TrainConfig
 from ..training.rundir import TRAINING_INFO_FILE
 from ..training.trainer import train_or_resume
+from .publish import SMOLLM2_DRAFT, check_destination, check_scale
 from .recipe import COD_MIN_RETENTION, COD_RETENTION, SEED
 
 BASE = "zoo:smollm2"
-NAME = "smollm2-pard"
+NAME = SMOLLM2_DRAFT
 MASK_TOKEN = 16  # "<empty_output>": a special token chat answers never contain; reused, so no embedding row is added
 
 
@@ -163,16 +164,19 @@ def _teacher(recipe: SmolDraftRecipe) -> str | None:
 
 
 def build_smollm2_draft(output: Path, work_dir: Path, *, scale: float = 1.0, device: str = "auto",
-                        prompts: list[str] | None = None, recipe: str = "auto", progress: bool = True) -> dict:
+                        prompts: list[str] | None = None, recipe: str = "auto", progress: bool = True,
+                        replace_shipped: bool = False) -> dict:
     """Run (or resume) every stage of recipe ``recipe`` (a name in RECIPES, or ``auto``); publish the draft as
-    ``output / NAME``; return its build record."""
+    ``output / NAME``; return its build record. Refused before any stage runs: the package's own zoo as ``output``
+    without ``replace_shipped``, and replacing a draft another recipe or a larger scale built."""
     from ..models import resolve_device
 
     started = time.perf_counter()
     dev = resolve_device(device)
     name = choose_recipe(recipe, dev)
     chosen = RECIPES[name]
-    check_replaceable(output / NAME, name)
+    check_destination(output, replace_shipped)
+    check_replaceable(output / NAME, name, scale)
     stages = work_dir / f"{NAME}-{name}"  # each recipe resumes its own stages
     answers = regenerate_answers(stages, chosen, scale, list(prompts or []), dev)
     run_dir = train_draft(stages / NAME, answers, chosen, scale, dev, progress)
@@ -185,16 +189,19 @@ def build_smollm2_draft(output: Path, work_dir: Path, *, scale: float = 1.0, dev
     return info
 
 
-def check_replaceable(dest: Path, recipe_name: str) -> None:
-    """Refuse, before hours of work, to publish over a draft another recipe built (the committed draft included:
-    a CPU build would replace it with a weaker one). Drafts recorded without a name were built by ``full``."""
+def check_replaceable(dest: Path, recipe_name: str, scale: float = 1.0) -> None:
+    """Refuse, before hours of work, to publish over a draft another recipe or a larger scale built (the committed
+    draft included: a CPU build would replace it with a weaker one). Drafts recorded without a recipe name were
+    built by ``full``, without a scale at scale 1."""
     build = dest / "build.json"
     if not build.exists():
         return
-    built_by = json.loads(build.read_text()).get("recipe_name", "full")
+    record = json.loads(build.read_text())
+    built_by = record.get("recipe_name", "full")
     if built_by != recipe_name:
         raise InvalidArgumentError(f"{dest} holds a draft built with the {built_by} recipe; the {recipe_name} "
                                    "recipe would replace it: pass --output DIR to build it elsewhere")
+    check_scale(dest, scale, float(record.get("scale", 1.0)))
 
 
 def pack(run_dir: Path, dest: Path, info: dict) -> None:
