@@ -6,8 +6,10 @@ does. Prints milliseconds per sweep (median of 5 after 2 warm-ups) for each form
 
     python docs/small_row_matmul.py            # add --no-compile to skip the inductor variants (~2 min)
 
-What the engine uses: `pard.decoding.static.compile_options` (inductor, frozen weights, max-autotune with the
-C++ micro-GEMM template).
+What the engine uses since the small-row kernel (`pard.kernels`): the kernel on the static and compiled paths
+(`--matmul auto`), measured here on each instruction set this CPU runs; with `--matmul library`, F.linear on the
+static path and inductor's C++ micro-GEMM (frozen weights, max-autotune: `pard.decoding.static.compile_options`)
+on the compiled one.
 """
 
 from __future__ import annotations
@@ -71,6 +73,13 @@ def measure(n: int, sweep: Sweep, weights, transposed, compile: bool) -> dict[st
         "MKL packed (_mkl_linear)": lambda: [torch.ops.mkl._mkl_linear(x[w.shape[1]], p, w, None, n)
                                              for w, p in zip(weights, packed)],
     }
+    from pard.kernels import ISAS, kernel_isa, pack, small_rows_linear
+
+    if kernel_isa() is not None:
+        panels = [pack(w)[0] for w in weights]
+        for isa in [name for name, value in ISAS.items() if 0 < value <= ISAS[kernel_isa()]]:
+            variants[f"pard kernel ({isa})"] = lambda isa=isa: [
+                small_rows_linear(x[w.shape[1]], p, None, w.shape[0], isa) for w, p in zip(weights, panels)]
     timings = {name: median_ms(fn) for name, fn in variants.items()}
     if compile:
         import torch._inductor.config as inductor

@@ -15,7 +15,10 @@ import torch
 
 from pard.tiny import tiny_model
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Under pytest-xdist (the README's `-n 2`) each worker gets its share of the cores: two processes of two OpenMP
+# threads each on 2 cores spin-wait on each other (README: some shapes ran 10-40x slower).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
 
 
 def _shipped_files() -> dict[str, str]:

@@ -1,5 +1,6 @@
 """Lossless, greedy: every method reproduces the target's own transformers `generate` output token for token, on
-every engine path (the dynamic cache and the static one; the compiled steps in test_compiled.py)."""
+every engine path (the dynamic cache, the static one with the small-row kernel and with the library GEMM; the
+compiled steps in test_compiled.py)."""
 
 import pytest
 import torch
@@ -20,12 +21,30 @@ def references(target):
 
 @pytest.fixture(params=["eager", "static"])
 def engine(request):
-    return request.param
+    return request.param  # static: through the small-row kernel (test_static_library_path: the library GEMM)
 
 
-def run(target, draft, method, k, prompts, engine="eager", **kwargs):
-    decoder = SpeculativeDecoder(target, draft, method=method, num_draft_tokens=k, engine=engine)
+def run(target, draft, method, k, prompts, engine="eager", matmul="auto", **kwargs):
+    decoder = SpeculativeDecoder(target, draft, method=method, num_draft_tokens=k, engine=engine, matmul=matmul)
     return decoder.generate(prompts, max_new_tokens=MAX_NEW, **kwargs)
+
+
+@pytest.mark.parametrize("method", ["ar", "vsd", "pard"])
+def test_static_library_path(target, random_draft, random_pard_draft, references, method):
+    """The static path with --matmul library (the kernel's twin every other static test runs) stays exact too."""
+    draft = {"ar": None, "vsd": random_draft, "pard": random_pard_draft}[method]
+    out = run(target, draft, method, 4, PROMPTS, engine="static", matmul="library")
+    assert out.stats.matmul == "library"
+    assert out.sequences == [references[tuple(p)] for p in PROMPTS]
+
+
+def test_static_path_runs_the_kernel(target, random_pard_draft, references):
+    from pard.kernels import kernel_isa
+
+    if kernel_isa() is None:
+        pytest.skip("the kernel could not be built here")
+    out = run(target, random_pard_draft, "pard", 4, PROMPTS, engine="static")
+    assert out.stats.matmul.startswith("kernel")
 
 
 def test_ar_equals_hf_generate(target, references, engine):

@@ -59,8 +59,10 @@ SAMPLINGS = [SamplingConfig(1.0), SamplingConfig(0.8, top_k=5, top_p=0.9)]
 
 CASES = [(method, k, sampling, "eager") for sampling in SAMPLINGS
          for method, k in [("vsd", 2), ("vsd", 4), ("pard", 2), ("pard", 4), ("ar", 1)]]
-# The static cache runs the same engine over other cache mechanics: one case per method, with the warped sampling.
+# The static cache runs the same engine over other cache mechanics: one case per method, with the warped sampling
+# (static: through the small-row kernel; static/library: the library GEMM).
 CASES += [(method, k, SAMPLINGS[1], "static") for method, k in [("vsd", 4), ("pard", 4), ("ar", 1)]]
+CASES += [("pard", 4, SAMPLINGS[1], "static/library")]
 
 
 @pytest.mark.parametrize("method,k,sampling,engine", CASES,
@@ -69,7 +71,9 @@ def test_first_two_tokens_follow_target_distribution(models, method, k, sampling
     target, ar_draft, pard_draft = models
     draft = {"vsd": ar_draft, "pard": pard_draft, "ar": None}[method]
     exact = exact_joint(target, sampling)
-    decoder = SpeculativeDecoder(target, draft, method=method, num_draft_tokens=k, engine=engine)
+    path, _, matmul = engine.partition("/")
+    decoder = SpeculativeDecoder(target, draft, method=method, num_draft_tokens=k, engine=path,
+                                 matmul=matmul or "auto")
     out = decoder.generate([PROMPT] * N, max_new_tokens=3, sampling=sampling, seed=1234)
     bound = tv_bound(exact, N)
     distance = tv(empirical_joint(out.sequences), exact)

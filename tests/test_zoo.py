@@ -79,9 +79,16 @@ def test_smollm2_pard_is_lossless_sampled_and_greedy():
     assert pair.method == "pard"
     prompt = pair.tokenizer.apply_chat_template([{"role": "user", "content": "Write a Python function that adds two "
                                                  "numbers."}], add_generation_prompt=True, return_dict=False)
-    decoder = SpeculativeDecoder(pair.target, pair.draft, method="pard", num_draft_tokens=4)
+    reference = hf_greedy(pair.target, prompt, 32)
+    # Our AR and PARD on every path equal transformers' own greedy output: the eager forward, and the static and
+    # compiled steps through the small-row kernel.
+    for engine, method in [("eager", "ar"), ("static", "ar"), ("compiled", "ar"), ("eager", "pard")]:
+        out = SpeculativeDecoder(pair.target, pair.draft, method=method, num_draft_tokens=4,
+                                 engine=engine).generate([prompt], max_new_tokens=32)
+        assert out.sequences[0] == reference, (engine, method, out.stats.matmul)
+    decoder = SpeculativeDecoder(pair.target, pair.draft, method="pard", num_draft_tokens=4, engine="static")
     greedy = decoder.generate([prompt], max_new_tokens=32)
-    assert greedy.sequences[0] == hf_greedy(pair.target, prompt, 32)
+    assert greedy.sequences[0] == reference and greedy.stats.matmul.startswith("kernel")
     assert greedy.stats.acceptance_per_position[0] > 0.1  # trained: the untrained slice accepts ~3%
     sampled = decoder.generate([prompt] * 2, max_new_tokens=16, sampling=SamplingConfig(0.7), seed=3)
     assert all(len(s) == 16 for s in sampled.sequences)

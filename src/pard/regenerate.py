@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from .decoding import SamplingConfig, SpeculativeDecoder
 from .decoding.engine import check_draft_length
 from .decoding.engines import check_engine
+from .kernels import check_matmul
 from .errors import DataError, InvalidArgumentError
 from .files import atomic_write_text, check_writable, exclusive_lock, existing_parent
 from .models import load_pair
@@ -66,6 +67,7 @@ class RegenerateConfig:
     device: str = "auto"
     trust_remote_code: bool = False
     engine: str = "auto"  # see pard.decoding.engines
+    matmul: str = "auto"  # see pard.kernels
     top_logprobs: int = 0  # also store the target's n most likely tokens at each written position (distillation)
 
 
@@ -91,7 +93,7 @@ def regenerate(config: RegenerateConfig) -> Path:
         decoder = SpeculativeDecoder(pair.target, pair.draft, method=pair.method,
                                      num_draft_tokens=config.num_draft_tokens,
                                      max_draft_tokens=config.max_draft_tokens, target_tokenizer=pair.tokenizer,
-                                     draft_tokenizer=pair.draft_tokenizer, engine=config.engine,
+                                     draft_tokenizer=pair.draft_tokenizer, engine=config.engine, matmul=config.matmul,
                                      expected_tokens=len(jobs) * config.max_new_tokens)
         _cut_torn_tail(output)
         bar = tqdm(total=len(jobs) + len(done), initial=len(done), desc="regenerating", unit="record")
@@ -151,6 +153,7 @@ def _groups(jobs: list[_Job], config: RegenerateConfig, decoder: SpeculativeDeco
 def _validate(config: RegenerateConfig) -> None:
     """Every setting and path checked before a model is loaded or a file is touched."""
     check_engine(config.engine)
+    check_matmul(config.matmul)
     if config.prefix_fraction is not None and not 0 < config.prefix_fraction < 1:
         raise InvalidArgumentError(f"prefix fraction must be in (0, 1), got {config.prefix_fraction}")
     if config.prefix_tokens is not None and config.prefix_tokens < 1:

@@ -23,6 +23,7 @@ class BenchConfig:
     datasets: list[str] = field(default_factory=lambda: ["humaneval"])
     ks: list[int | str] = field(default_factory=lambda: [8])  # "auto": k chosen per step, up to max_k
     engines: list[str] = field(default_factory=lambda: ["auto"])  # engine paths of ar/vsd/pard, side by side
+    matmuls: list[str] = field(default_factory=lambda: ["auto"])  # the static paths' matmuls, side by side
     max_k: int = 8
     batch_sizes: list[int] = field(default_factory=lambda: [1])
     num_prompts: int = 10
@@ -39,6 +40,15 @@ class BenchConfig:
     prompt_field: str | None = None
     output: str = "bench-results/latest"
 
+    def engine_variants(self) -> list[str]:
+        """Each engine path with each matmul, as ``path`` (``--matmul auto``) or ``path/matmul``; the eager path
+        has only its own (the model's forward)."""
+        variants = []
+        for engine in self.engines:
+            for matmul in (self.matmuls if engine != "eager" else ["auto"]):
+                variants.append(engine if matmul == "auto" else f"{engine}/{matmul}")
+        return list(dict.fromkeys(variants))
+
     def validate(self) -> None:
         unknown = set(self.methods) - set(ALL_METHODS)
         if unknown:
@@ -53,6 +63,10 @@ class BenchConfig:
 
         for engine in self.engines or ["(none)"]:
             check_engine(engine)
+        from ..kernels import check_matmul
+
+        for matmul in self.matmuls or ["(none)"]:
+            check_matmul(matmul)
         if any(k != "auto" and (not isinstance(k, int) or k < 1) for k in self.ks) or self.max_k < 1:
             raise InvalidArgumentError("each K must be an integer >= 1 or 'auto', and --max-k >= 1")
         from ..decoding.engine import check_draft_length

@@ -19,6 +19,7 @@ import torch
 from ..decoding.engines import open_lm
 from ..errors import InvalidArgumentError
 from ..files import atomic_write_text
+from ..kernels import check_matmul
 from ..models import load_config, load_model
 from .report import machine_info, markdown_table, plot_or_note, save_figure, write_json
 from .runner import busy_machine_check
@@ -34,6 +35,7 @@ class LatencyConfig:
     dtype: str = "auto"
     device: str = "auto"
     engine: str = "eager"  # eager (dynamic cache), static, or compiled (each n is one compiled shape)
+    matmuls: list[str] = field(default_factory=lambda: ["auto"])  # static/compiled: kernel, library, auto
     output: str = "bench-results/latency"
     seed: int = 0
     tokens: list[int] = field(default_factory=list)  # the n to time (default 1..max_tokens)
@@ -63,6 +65,9 @@ def run_latency(config: LatencyConfig) -> dict:
     """Time every model at n = 1..max_tokens; write summary.json, results.md and latency.png to ``output``."""
     if config.engine not in ("eager", "static", "compiled"):
         raise InvalidArgumentError(f"unknown engine {config.engine!r}; choose one of eager, static, compiled")
+    for matmul in config.matmuls:
+        check_matmul(matmul)
+    matmuls = config.matmuls if config.engine != "eager" else ["auto"]  # the eager path is the model's forward
     config.tokens = sorted(set(config.tokens)) or list(range(1, config.max_tokens + 1))
     config.max_tokens = max(config.tokens)
     for spec in config.models:  # a pass beyond the positions a model was trained for times nothing it can do
@@ -75,18 +80,34 @@ def run_latency(config: LatencyConfig) -> dict:
     results = {}
     for spec in config.models:
         model = load_model(spec, dtype=config.dtype, device=config.device)
-        # The engine's own caches (a static one with one compiled shape per n), made for a context + n tokens.
-        lm = open_lm(config.engine, "target", model, config.batch_size, config.context, tuple(config.tokens))
-        ms = [forward_seconds(model, lm, n, config, generator) * 1000 for n in config.tokens]
-        results[spec] = {"ms": [round(t, 3) for t in ms], "ratio": [round(t / ms[0], 3) for t in ms],
-                         "compile_seconds": round(lm.compile_seconds, 1)}
-        del model
+        # The engine's own caches (a static one with one compiled shape per n), made for a context + n tokens; with
+        # several matmuls, one per matmul, timed in turns at each n (a slow phase of the machine hits all alike).
+        lms = {matmul: open_lm(config.engine, "target", model, config.batch_size, config.context,
+                               tuple(config.tokens), matmul) for matmul in matmuls}
+        ms = {matmul: [] for matmul in matmuls}
+        for n in config.tokens:
+            for matmul, lm in lms.items():
+                ms[matmul].append(forward_seconds(model, lm, n, config, generator) * 1000)
+        for matmul, lm in lms.items():
+            label = spec if len(lms) == 1 else f"{spec} [{_matmul_label(lm)}]"
+            results[label] = {"ms": [round(t, 3) for t in ms[matmul]],
+                              "ratio": [round(t / ms[matmul][0], 3) for t in ms[matmul]],
+                              "compile_seconds": round(lm.compile_seconds, 1), "matmul": _matmul_label(lm)}
+        del model, lms
     summary = {"config": asdict(config), "machine": machine_info(), "load_average": load, "results": results}
     out = Path(config.output)
     write_json(out / "summary.json", summary)
     atomic_write_text(out / "results.md", latency_markdown(summary))
     written = plot_or_note(latency_plot, summary, out / "latency.png")
     return {**summary, "plots": [written.name] if written else []}
+
+
+def _matmul_label(lm) -> str:
+    if not getattr(lm, "small_rows", False):
+        return "library"
+    from ..kernels import kernel_isa
+
+    return f"kernel {kernel_isa()}"
 
 
 def latency_markdown(summary: dict) -> str:

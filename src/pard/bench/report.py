@@ -17,6 +17,7 @@ def machine_info() -> dict:
     import os
 
     return {
+        "cpu": _cpu_model(),
         "cpu_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
@@ -24,6 +25,18 @@ def machine_info() -> dict:
         "torch": torch.__version__,
         "platform": platform.platform(),
     }
+
+
+def _cpu_model() -> str:
+    """The CPU's name and its widest vector extension (what the small-row kernel and the library GEMMs use)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    vector = "AMX" if "amx_tile" in flags else "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else ""
+    return f"{name} ({vector})" if vector else name
 
 
 def markdown_table(headers: list[str], rows: list[list]) -> str:

@@ -171,7 +171,7 @@ def _plan(config: BenchConfig, methods: list[str]) -> list[tuple[str, int | None
     """(method, K, engine) in run order: every engine's ar before anything else (the speedups' denominators)."""
     plan = []
     for method in methods:
-        for engine in config.engines if method in ENGINE_METHODS else [None]:
+        for engine in config.engine_variants() if method in ENGINE_METHODS else [None]:
             for k in config.ks if method in USES_K else [None]:
                 plan.append((method, k, engine))
     return plan
@@ -186,8 +186,9 @@ def _runner(method, k, engine, target, tokenizer, drafts, draft_tokenizers, samp
     """A function batch-of-token-lists -> (outputs, GenerationStats | None)."""
     if method in ENGINE_METHODS:
         kind = {"ar": None, "vsd": "ar", "pard": "pard"}[method]
+        path, _, matmul = engine.partition("/")  # "static/library": the static path with the library GEMM
         decoder = SpeculativeDecoder(target, drafts.get(kind), method=method, num_draft_tokens=k or 1,
-                                     max_draft_tokens=config.max_k, engine=engine,
+                                     max_draft_tokens=config.max_k, engine=path, matmul=matmul or "auto",
                                      expected_tokens=expected_tokens * (config.repeats + config.warmup),
                                      target_tokenizer=tokenizer, draft_tokenizer=draft_tokenizers.get(kind))
 

@@ -72,6 +72,9 @@ def register(sub) -> None:
     lat.add_argument("--engine", default="eager",
                      help="eager: the dynamic cache; static: the static cache; compiled: static + torch.compile, one "
                           "compiled shape per n (compile time reported apart)")
+    lat.add_argument("--matmuls", nargs="+", default=["auto"], metavar="MATMUL",
+                     help="static/compiled: auto, kernel or library (the small-row kernel or the library GEMM); "
+                          "several are timed side by side")
     lat.add_argument("--output", default="bench-results/latency")
     add_model_options(lat, trust_remote_code=False)
     lat.set_defaults(func=run_bench_latency)
@@ -100,7 +103,8 @@ def run_bench(args) -> int:
 
     config = BenchConfig(
         targets=args.targets, draft=args.draft, ar_draft=args.ar_draft, methods=args.methods,
-        datasets=args.datasets, ks=args.ks, max_k=args.max_k, engines=args.engines, batch_sizes=args.batch_sizes,
+        datasets=args.datasets, ks=args.ks, max_k=args.max_k, engines=args.engines, matmuls=args.matmuls,
+        batch_sizes=args.batch_sizes,
         num_prompts=args.num_prompts,
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
         repeats=args.repeats, warmup=args.warmup, seed=args.seed, dtype=args.dtype, device=args.device,
@@ -128,7 +132,7 @@ def run_bench_latency(args) -> int:
     if min(sizes) < 1:
         raise InvalidArgumentError("--max-tokens, --tokens, --context, --repeats and --batch-size must be >= 1")
     summary = run_latency(LatencyConfig(models=args.models, max_tokens=args.max_tokens, tokens=args.tokens,
-                                        context=args.context,
+                                        context=args.context, matmuls=args.matmuls,
                                         repeats=args.repeats, batch_size=args.batch_size, dtype=args.dtype,
                                         device=args.device, engine=args.engine, output=args.output))
     print(latency_markdown(summary))

@@ -29,17 +29,19 @@ def run(args) -> int:
     from ..decoding import SamplingConfig, SpeculativeDecoder
     from ..decoding.engine import check_draft_length
     from ..decoding.engines import check_engine
+    from ..kernels import check_matmul
     from ..models import load_pair
     from ..prompts import encode_prompt, eos_token_ids
 
     sampling = SamplingConfig(args.temperature, args.top_k, args.top_p)  # validate before loading anything
     check_engine(args.engine)
+    check_matmul(args.matmul)
     check_draft_length(args.num_draft_tokens, args.max_k)
     pair = load_pair(args.target, args.draft, dtype=args.dtype, device=args.device,
                      trust_remote_code=args.trust_remote_code)
     decoder = SpeculativeDecoder(pair.target, pair.draft, method=args.method or pair.method,
                                  num_draft_tokens=args.num_draft_tokens, max_draft_tokens=args.max_k,
-                                 engine=args.engine, target_tokenizer=pair.tokenizer,
+                                 engine=args.engine, matmul=args.matmul, target_tokenizer=pair.tokenizer,
                                  draft_tokenizer=pair.draft_tokenizer)
     prompt_ids = encode_prompt(pair.tokenizer, args.prompt, chat_template=not args.no_chat_template)
     streamer = None
@@ -77,7 +79,7 @@ def print_stats(stats) -> None:
         table.add_row("acceptance k-α (k=1..)", " ".join(f"{a:.2f}" for a in stats.acceptance_per_position))
     table.add_row("tokens/s", f"{stats.tokens_per_second:.1f}")
     compiling = f" (compiling {stats.compile_seconds:.1f} s, not counted)" if stats.compile_seconds else ""
-    table.add_row("engine", stats.engine + compiling)
+    table.add_row("engine", stats.engine + compiling + (f", matmul {stats.matmul}" if stats.engine != "eager" else ""))
     table.add_row(
         "seconds prefill/draft/verify/other",
         f"{stats.prefill_seconds:.3f} / {stats.draft_seconds:.3f} / {stats.verify_seconds:.3f} / "

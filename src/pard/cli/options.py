@@ -142,15 +142,24 @@ def add_draft_length_options(parser: argparse.ArgumentParser, *, many: bool = Fa
 
 
 
-ENGINE_HELP = ("engine path: auto (compiled steps on CPU when the run is long enough to pay back compiling, else "
-               "eager), eager (dynamic cache), static (static cache), compiled (static cache + torch.compile)")
+ENGINE_HELP = ("engine path: auto (compiled steps on CPU when the run is long enough to pay back compiling, else the "
+               "static cache with the small-row kernel where it runs, else eager), eager (dynamic cache), static "
+               "(static cache), compiled (static cache + torch.compile)")
+
+
+MATMUL_HELP = ("matmuls of the static and compiled paths: auto (the small-row kernel where it runs: float32 on a CPU "
+               "that built it), kernel (required), library (the library GEMM)")
 
 
 def add_engine_option(parser: argparse.ArgumentParser, *, many: bool = False) -> None:
-    """--engine (or --engines for benchmarks): which LM implementation runs the models (pard.decoding.engines,
-    which checks the names when the command runs: building the parser must not import torch)."""
+    """--engine and --matmul (or --engines / --matmuls for benchmarks): which LM implementation runs the models
+    and what multiplies in it (pard.decoding.engines and pard.kernels check the names when the command runs:
+    building the parser must not import torch)."""
     if many:
         parser.add_argument("--engines", nargs="+", default=["auto"], metavar="ENGINE",
                             help=ENGINE_HELP + "; several are measured side by side")
+        parser.add_argument("--matmuls", nargs="+", default=["auto"], metavar="MATMUL",
+                            help=MATMUL_HELP + "; several are measured side by side")
     else:
         parser.add_argument("--engine", default="auto", help=ENGINE_HELP)
+        parser.add_argument("--matmul", default="auto", help=MATMUL_HELP)

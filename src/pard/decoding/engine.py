@@ -21,6 +21,7 @@ import torch
 from transformers import PreTrainedModel
 
 from ..errors import InvalidArgumentError, NotAParallelDraftError, PromptTooLongError
+from ..kernels import check_matmul
 from ..mask_tokens import mask_token_ids_of
 from ..models import context_window
 from ..vocab import check_compatible, vocab_size
@@ -78,6 +79,8 @@ class SpeculativeDecoder:
         mask_token_ids: override the draft's ``pard_token``; a list gives distinct ids per mask position.
         target_tokenizer / draft_tokenizer: when both are given their vocabularies must agree.
         engine: ``"auto"``, ``"eager"``, ``"static"`` or ``"compiled"`` (see :mod:`pard.decoding.engines`).
+        matmul: ``"auto"``, ``"kernel"`` or ``"library"``: whether the static paths multiply through the small-row
+            kernel (:mod:`pard.kernels`).
         expected_tokens: how many tokens this decoder will generate in all, when known: ``auto`` compiles only
             when that pays back (None: judged from the first ``generate`` call's budget).
     """
@@ -95,6 +98,7 @@ class SpeculativeDecoder:
         draft_tokenizer=None,
         engine: str = "auto",
         expected_tokens: int | None = None,
+        matmul: str = "auto",
     ):
         if method not in METHODS:
             raise InvalidArgumentError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -123,6 +127,7 @@ class SpeculativeDecoder:
         self.mask_token_ids = mask_token_ids
         self._choosers: dict[int, VerifyLengthChooser] = {}  # -k auto state per batch size
         self.engine = check_engine(engine)
+        self.matmul = check_matmul(matmul)
         self.expected_tokens = expected_tokens
         self._resolved_engine: str | None = None
         windows = [w for w in (context_window(target), self.draft and context_window(self.draft)) if w]
@@ -133,7 +138,7 @@ class SpeculativeDecoder:
         if self._resolved_engine is None:
             models = [self.target] + ([self.draft] if self.draft is not None else [])
             expected = self.expected_tokens if self.expected_tokens is not None else tokens
-            self._resolved_engine = resolve_engine(self.engine, models, expected)
+            self._resolved_engine = resolve_engine(self.engine, models, expected, self.matmul)
         return self._resolved_engine
 
     @cached_property  # asked by every pooled generate call (and by regenerate per group); the models do not change
@@ -273,9 +278,9 @@ class SpeculativeDecoder:
         if streamer is not None:
             streamer.put(torch.tensor(prompts[0]))
         engine = self._engine_for(sum(budgets))
-        target = open_lm(engine, "target", self.target, batch_size, capacity, self._target_buckets())
+        target = open_lm(engine, "target", self.target, batch_size, capacity, self._target_buckets(), self.matmul)
         draft = None if self.method == "ar" else open_lm(engine, "draft", self.draft, batch_size, capacity,
-                                                         self._draft_buckets())
+                                                         self._draft_buckets(), self.matmul)
         proposer = self._make_proposer(draft, batch_size) if draft is not None else None
         lms = [target] + ([draft] if draft is not None else [])  # target first
 
@@ -299,6 +304,7 @@ class SpeculativeDecoder:
             proposer.prefill(sequences, lengths)  # while -k auto decodes plainly, its first probe reads the prompt
         synchronize(device)
         stats.engine = engine
+        stats.matmul = _matmul_of(lms)
         stats.compile_seconds = sum(compiled_so_far()) - sum(compiling)
         stats.prefill_seconds = time.perf_counter() - started - stats.compile_seconds
 
@@ -372,6 +378,15 @@ class SpeculativeDecoder:
         stats.total_seconds = time.perf_counter() - started - stats.compile_seconds
         top_logprobs_out = [_joined(row) for row in tops] if top_logprobs else None
         return GenerationOutput(outputs, stats, top_logprobs_out)
+
+
+def _matmul_of(lms: list[LanguageModel]) -> str:
+    """What multiplied the target's (and draft's) small-row passes: ``kernel (ISA)`` or ``library``."""
+    if not getattr(lms[0], "small_rows", False):
+        return "library"
+    from ..kernels import kernel_isa
+
+    return f"kernel ({kernel_isa()})"
 
 
 def _joined(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:

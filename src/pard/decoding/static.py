@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
+from ..draft_vocab import subset_head_of
 from .lm import PAD_ID, ragged_slices
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
@@ -46,26 +47,69 @@ def supports_static_cache(model: PreTrainedModel) -> bool:
     if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
         return False  # mistral's and qwen's sliding windows would need a ring buffer
     inner = getattr(model, "model", None)
-    return all(hasattr(inner, name) for name in ("embed_tokens", "layers", "norm", "rotary_emb"))
+    if not all(hasattr(inner, name) for name in ("embed_tokens", "layers", "norm", "rotary_emb")):
+        return False
+    return all(hasattr(getattr(layer, part, None), attr) for layer in inner.layers
+               for part, attr in (*PROJECTIONS.values(), ("mlp", "act_fn")))  # the gated MLP the decoder computes
+
+
+def _small_row_linear(module: nn.Module) -> nn.Module:
+    from ..kernels import SmallRowLinear
+
+    return SmallRowLinear(module)
 
 
 def round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
+PROJECTIONS = {"q": ("self_attn", "q_proj"), "k": ("self_attn", "k_proj"), "v": ("self_attn", "v_proj"),
+               "o": ("self_attn", "o_proj"), "gate": ("mlp", "gate_proj"), "up": ("mlp", "up_proj"),
+               "down": ("mlp", "down_proj")}
+
+
+class _SubsetLogits(nn.Module):
+    """A reduced-vocabulary head (:class:`~pard.draft_vocab.SubsetHead`) whose N-row projection runs elsewhere:
+    hidden (..., H) -> logits over the vocabulary (..., V), -inf outside the subset (as SubsetHead in eval)."""
+
+    def __init__(self, projection: nn.Module, token_ids: torch.Tensor, vocab_size: int):
+        super().__init__()
+        self.projection, self.vocab_size = projection, vocab_size
+        self.register_buffer("token_ids", token_ids, persistent=False)
+
+    def forward(self, hidden):
+        logits = self.projection(hidden)  # (..., N)
+        full = logits.new_full((*logits.shape[:-1], self.vocab_size), float("-inf"))  # (..., V)
+        return full.index_copy_(-1, self.token_ids, logits)
+
+
 class _Decoder(nn.Module):
     """The pure, shape-static part of a pass: embed -> layers over the slot buffers -> norm -> LM head.
 
     Everything it is given is a tensor (no Python ints that change per step), so one compiled graph per input
-    shape serves the whole generation.
+    shape serves the whole generation. With ``small_rows`` every matmul (the seven projections of each layer and
+    the LM head, at the positions whose logits are asked for) goes through :class:`~pard.kernels.SmallRowLinear`:
+    a pass of a few rows streams each weight once (README, *Verification at the memory bound*).
     """
 
-    def __init__(self, model: PreTrainedModel, batch_size: int, capacity: int):
+    def __init__(self, model: PreTrainedModel, batch_size: int, capacity: int, small_rows: bool = False):
         super().__init__()
         inner = model.model
         config = model.config
         self.embed_tokens, self.layers, self.norm = inner.embed_tokens, inner.layers, inner.norm
-        self.rotary_emb, self.lm_head = inner.rotary_emb, model.lm_head
+        self.rotary_emb = inner.rotary_emb
+        linear = _small_row_linear if small_rows else (lambda module: module)
+        # The projections by short name, per layer: the model's own nn.Linear modules, or their kernel forms.
+        self.proj = nn.ModuleList(
+            nn.ModuleDict({name: linear(getattr(getattr(layer, part), attr))
+                           for name, (part, attr) in PROJECTIONS.items()})
+            for layer in self.layers
+        )
+        subset = subset_head_of(model)
+        if small_rows and subset is not None:
+            self.lm_head = _SubsetLogits(linear(subset), subset.token_ids, subset.vocab_size)
+        else:
+            self.lm_head = linear(model.lm_head)
         self.apply_rope = import_module(type(model).__module__).apply_rotary_pos_emb
         attention = self.layers[0].self_attn
         self.head_dim = attention.head_dim
@@ -86,15 +130,15 @@ class _Decoder(nn.Module):
         hidden = self.embed_tokens(input_ids)  # (B, T, D_model)
         cos, sin = self.rotary_emb(hidden, positions)  # (B, T, D)
         batch_size, num_new = input_ids.shape
-        for layer, (k_all, v_all) in zip(self.layers, self.caches()):
+        for layer, proj, (k_all, v_all) in zip(self.layers, self.proj, self.caches()):
             k_cache, v_cache = (k_all, v_all) if rows is None else (k_all[rows], v_all[rows])  # (B, H_kv, S_max, D)
             attn = layer.self_attn
             x = layer.input_layernorm(hidden)
-            q = attn.q_proj(x).view(batch_size, num_new, -1, self.head_dim)  # (B, T, H, D)
-            k = attn.k_proj(x).view(batch_size, num_new, -1, self.head_dim)  # (B, T, H_kv, D)
+            q = proj["q"](x).view(batch_size, num_new, -1, self.head_dim)  # (B, T, H, D)
+            k = proj["k"](x).view(batch_size, num_new, -1, self.head_dim)  # (B, T, H_kv, D)
             if hasattr(attn, "q_norm"):  # qwen3 normalises each head before RoPE
                 q, k = attn.q_norm(q), attn.k_norm(k)
-            v = attn.v_proj(x).view(batch_size, num_new, -1, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
+            v = proj["v"](x).view(batch_size, num_new, -1, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
             q, k = self.apply_rope(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
             k_cache.index_copy_(2, slots, k)
             v_cache.index_copy_(2, slots, v)
@@ -103,8 +147,9 @@ class _Decoder(nn.Module):
             )  # (B, H, T, D)
             if rows is not None:  # the rows' caches were gathered copies: write them back
                 k_all[rows], v_all[rows] = k_cache, v_cache
-            hidden = hidden + attn.o_proj(out.transpose(1, 2).reshape(batch_size, num_new, -1))
-            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+            hidden = hidden + proj["o"](out.transpose(1, 2).reshape(batch_size, num_new, -1))
+            x = layer.post_attention_layernorm(hidden)
+            hidden = hidden + proj["down"](layer.mlp.act_fn(proj["gate"](x)) * proj["up"](x))  # the gated MLP
         hidden = self.norm(hidden)
         picked = hidden.gather(1, logits_at[..., None].expand(-1, -1, hidden.shape[-1]))  # (B, n, D_model)
         return self.lm_head(picked)  # (B, n, V)
@@ -116,6 +161,8 @@ class StaticLM:
     Args:
         model: a Llama-style causal LM (:func:`supports_static_cache`).
         batch_size: B, fixed for the object's life (finished rows are masked, not removed).
+        small_rows: run every matmul of a pass of few rows through the small-row kernel (:mod:`pard.kernels`;
+            float32 CPU models only: :func:`pard.kernels.use_kernel` decides).
         capacity: S_max, slots per row; holds the longest row plus one pass (holes are compacted away).
         buckets: pass widths the decode step is specialised to; a pass of T tokens is padded to the smallest
             bucket >= T; wider passes run eagerly (unpadded).
@@ -123,12 +170,14 @@ class StaticLM:
             backend name (``"eager"`` compiles nothing but still traces: what the recompilation test uses).
     """
 
-    def __init__(self, model: PreTrainedModel, batch_size: int, capacity: int, buckets=(1,), compile=False):
+    def __init__(self, model: PreTrainedModel, batch_size: int, capacity: int, buckets=(1,), compile=False,
+                 small_rows: bool = False):
         self.device = model.device  # (no reference to the model itself: its submodules are enough)
         self.batch_size = batch_size
         self.capacity = capacity
         self.buckets = tuple(sorted(set(buckets)))
-        self.decoder = _Decoder(model, batch_size, capacity).eval()
+        self.small_rows = small_rows
+        self.decoder = _Decoder(model, batch_size, capacity, small_rows).eval()
         self.step = self.decoder
         self.compiled = bool(compile)
         self.compile_seconds = 0.0  # first passes of each shape through the compiled step
@@ -145,6 +194,14 @@ class StaticLM:
             # needs a few dozen).
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
         self.reset()
+
+    @property
+    def packed_bytes(self) -> int:
+        """Memory held by the kernel's packed copies of this model's weights (shared with its other static caches)."""
+        from ..kernels import SmallRowLinear
+
+        packed = {id(m.packed): m.packed_bytes for m in self.decoder.modules() if isinstance(m, SmallRowLinear)}
+        return sum(packed.values())
 
     def reset(self) -> None:
         """Forget every row (a new generation of the same batch size reuses the buffers and compiled steps)."""

@@ -17,6 +17,7 @@ class GenerationStats:
     num_draft_tokens: int  # K (K_max with `-k auto`)
     adaptive: bool = False  # `-k auto`: k chosen per step (see drafted_lengths)
     engine: str = "eager"  # the engine path that ran (see pard.decoding.engines)
+    matmul: str = "library"  # what multiplied the static paths' small-row passes: "kernel (ISA)" or "library"
     tokens: int = 0
     speculative_steps: int = 0  # steps that verified at least one draft token (the others decoded plainly)
     target_forwards: int = 0  # verification passes, prefill excluded
@@ -65,7 +66,7 @@ class GenerationStats:
 
     def merged(self, others: list[GenerationStats]) -> GenerationStats:
         """The counters of several generate calls (e.g. the batches of one benchmark pass) added up."""
-        out = GenerationStats(self.method, self.num_draft_tokens, self.adaptive, self.engine)
+        out = GenerationStats(self.method, self.num_draft_tokens, self.adaptive, self.engine, self.matmul)
         for s in [self, *others]:
             out.tokens += s.tokens
             out.speculative_steps += s.speculative_steps
@@ -86,6 +87,7 @@ class GenerationStats:
             "num_draft_tokens": self.num_draft_tokens,
             "adaptive": self.adaptive,
             "engine": self.engine,
+            "matmul": self.matmul,
             "tokens": self.tokens,
             "speculative_steps": self.speculative_steps,
             "target_forwards": self.target_forwards,
