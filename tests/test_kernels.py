@@ -79,10 +79,16 @@ def test_small_row_linear_flattens_batches_and_hands_wide_passes_to_the_library(
     assert module.packed_bytes == 96 * 64 * 4
 
 
-def test_the_packed_copy_is_made_once_per_weight():
-    weight = torch.randn(32, 16)
-    assert pack(weight)[0] is pack(weight)[0]
-    assert pack(weight)[0].shape == (2, 16, 16) and torch.equal(pack(weight)[0][1, :, 3], weight[19])
+def test_the_packed_copy_is_made_once_per_group_of_weights():
+    q, k, v = nn.Linear(16, 32), nn.Linear(16, 8, bias=False), nn.Linear(16, 8)
+    first, second = SmallRowLinear(q, k, v), SmallRowLinear(q, k, v)  # e.g. static caches of two batch sizes
+    assert first.packed is second.packed and first.packed.shape == (3, 16, 16)
+    assert torch.equal(first.packed[1, :, 3], q.weight[19]) and torch.equal(first.packed[2, :, 1], k.weight[1])
+    x = torch.randn(2, 3, 16)
+    for got, linear in zip(first(x), (q, k, v)):  # one matmul over the stacked weights, split per projection
+        assert torch.allclose(got, linear(x), atol=1e-5, rtol=0)
+    wide = torch.randn(MAX_ROWS[kernel_isa()] + 1, 16)
+    assert all(torch.equal(got, linear(wide)) for got, linear in zip(first(wide), (q, k, v)))
 
 
 def test_the_operator_has_a_shape_function_for_compiled_graphs():

@@ -37,6 +37,7 @@ from .lm import PAD_ID, ragged_slices
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 RECOMPILE_LIMIT = 256
+SPAN_STEP = 64  # eager passes attend to the slots in use, rounded up to this
 
 
 def supports_static_cache(model: PreTrainedModel) -> bool:
@@ -53,10 +54,10 @@ def supports_static_cache(model: PreTrainedModel) -> bool:
                for part, attr in (*PROJECTIONS.values(), ("mlp", "act_fn")))  # the gated MLP the decoder computes
 
 
-def _small_row_linear(module: nn.Module) -> nn.Module:
+def _small_row_linear(*modules: nn.Module) -> nn.Module:
     from ..kernels import SmallRowLinear
 
-    return SmallRowLinear(module)
+    return SmallRowLinear(*modules)
 
 
 def round_up(value: int, multiple: int) -> int:
@@ -66,6 +67,20 @@ def round_up(value: int, multiple: int) -> int:
 PROJECTIONS = {"q": ("self_attn", "q_proj"), "k": ("self_attn", "k_proj"), "v": ("self_attn", "v_proj"),
                "o": ("self_attn", "o_proj"), "gate": ("mlp", "gate_proj"), "up": ("mlp", "up_proj"),
                "down": ("mlp", "down_proj")}
+# The projections a layer applies to one input, in one matmul where the kernel runs them (stacked weights).
+GROUPS = {"qkv": ("q", "k", "v"), "o": ("o",), "gate_up": ("gate", "up"), "down": ("down",)}
+
+
+class _Each(nn.Module):
+    """The library form of a group: each projection applied to the input -> a tuple (one module: itself)."""
+
+    def __init__(self, *linears: nn.Module):
+        super().__init__()
+        self.linears = nn.ModuleList(linears)
+
+    def forward(self, x):
+        out = tuple(m(x) for m in self.linears)
+        return out if len(out) > 1 else out[0]
 
 
 class _SubsetLogits(nn.Module):
@@ -98,18 +113,19 @@ class _Decoder(nn.Module):
         config = model.config
         self.embed_tokens, self.layers, self.norm = inner.embed_tokens, inner.layers, inner.norm
         self.rotary_emb = inner.rotary_emb
-        linear = _small_row_linear if small_rows else (lambda module: module)
-        # The projections by short name, per layer: the model's own nn.Linear modules, or their kernel forms.
-        self.proj = nn.ModuleList(
-            nn.ModuleDict({name: linear(getattr(getattr(layer, part), attr))
-                           for name, (part, attr) in PROJECTIONS.items()})
-            for layer in self.layers
-        )
+        group = _small_row_linear if small_rows else _Each
+
+        def linears(layer, names):
+            return [getattr(getattr(layer, PROJECTIONS[n][0]), PROJECTIONS[n][1]) for n in names]
+
+        # Per layer, the projection groups: the model's own nn.Linear modules, or one kernel matmul per group.
+        self.proj = nn.ModuleList(nn.ModuleDict({name: group(*linears(layer, names)) for name, names in GROUPS.items()})
+                                  for layer in self.layers)
         subset = subset_head_of(model)
         if small_rows and subset is not None:
-            self.lm_head = _SubsetLogits(linear(subset), subset.token_ids, subset.vocab_size)
+            self.lm_head = _SubsetLogits(group(subset), subset.token_ids, subset.vocab_size)
         else:
-            self.lm_head = linear(model.lm_head)
+            self.lm_head = group(model.lm_head)
         self.apply_rope = import_module(type(model).__module__).apply_rotary_pos_emb
         attention = self.layers[0].self_attn
         self.head_dim = attention.head_dim
@@ -124,32 +140,35 @@ class _Decoder(nn.Module):
         return [(getattr(self, f"k_{i}"), getattr(self, f"v_{i}")) for i in range(len(self.layers))]
 
     def forward(self, input_ids, positions, slots, attend, logits_at, rows=None):
-        """input_ids, positions (B, T); slots (T,) where the T new keys go; attend (B, 1, T, S_max) bool;
-        logits_at (B, n) indices into T whose logits are returned -> (B, n, V). ``rows`` (R,): a pass over those
-        buffer rows only (B = R; eager, to prefill newly admitted prompts)."""
+        """input_ids, positions (B, T); slots (T,) where the T new keys go; attend (B, 1, T, S) bool over the first
+        S slots of the buffers (S_max in compiled steps, one shape; eager passes give only the slots in use, so
+        attention reads a few hundred slots, not the whole buffer); logits_at (B, n) indices into T whose logits
+        are returned -> (B, n, V). ``rows`` (R,): a pass over those buffer rows only (B = R; eager, to prefill newly
+        admitted prompts)."""
         hidden = self.embed_tokens(input_ids)  # (B, T, D_model)
         cos, sin = self.rotary_emb(hidden, positions)  # (B, T, D)
         batch_size, num_new = input_ids.shape
+        span = attend.shape[-1]  # S: the slots attended to
         for layer, proj, (k_all, v_all) in zip(self.layers, self.proj, self.caches()):
             k_cache, v_cache = (k_all, v_all) if rows is None else (k_all[rows], v_all[rows])  # (B, H_kv, S_max, D)
             attn = layer.self_attn
-            x = layer.input_layernorm(hidden)
-            q = proj["q"](x).view(batch_size, num_new, -1, self.head_dim)  # (B, T, H, D)
-            k = proj["k"](x).view(batch_size, num_new, -1, self.head_dim)  # (B, T, H_kv, D)
+            q, k, v = proj["qkv"](layer.input_layernorm(hidden))
+            q = q.reshape(batch_size, num_new, -1, self.head_dim)  # (B, T, H, D)
+            k = k.reshape(batch_size, num_new, -1, self.head_dim)  # (B, T, H_kv, D)
             if hasattr(attn, "q_norm"):  # qwen3 normalises each head before RoPE
                 q, k = attn.q_norm(q), attn.k_norm(k)
-            v = proj["v"](x).view(batch_size, num_new, -1, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
+            v = v.reshape(batch_size, num_new, -1, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
             q, k = self.apply_rope(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
             k_cache.index_copy_(2, slots, k)
             v_cache.index_copy_(2, slots, v)
             out = F.scaled_dot_product_attention(
-                q, k_cache, v_cache, attn_mask=attend, scale=self.scaling, enable_gqa=True
+                q, k_cache[:, :, :span], v_cache[:, :, :span], attn_mask=attend, scale=self.scaling, enable_gqa=True
             )  # (B, H, T, D)
             if rows is not None:  # the rows' caches were gathered copies: write them back
                 k_all[rows], v_all[rows] = k_cache, v_cache
             hidden = hidden + proj["o"](out.transpose(1, 2).reshape(batch_size, num_new, -1))
-            x = layer.post_attention_layernorm(hidden)
-            hidden = hidden + proj["down"](layer.mlp.act_fn(proj["gate"](x)) * proj["up"](x))  # the gated MLP
+            gate, up = proj["gate_up"](layer.post_attention_layernorm(hidden))
+            hidden = hidden + proj["down"](layer.mlp.act_fn(gate) * up)  # the gated MLP
         hidden = self.norm(hidden)
         picked = hidden.gather(1, logits_at[..., None].expand(-1, -1, hidden.shape[-1]))  # (B, n, D_model)
         return self.lm_head(picked)  # (B, n, V)
@@ -247,6 +266,8 @@ class StaticLM:
         picks = torch.zeros(self.batch_size, self._bucket(num_logits), dtype=torch.long, device=self.device)
         picks[self.active, :num_logits] = logits_at.to(self.device)
         step = self.step if compiled and width in self.buckets else self.decoder  # prefill passes stay eager
+        if step is self.decoder:  # no fixed shape to keep: attend to the slots in use only (rounded: fewer sizes)
+            attend = attend[..., : min(round_up(self.size + width, SPAN_STEP), self.capacity)]
         logits = self._run(step, ids, positions, slots, attend, picks)  # (B, n_b, V)
         self.size += width
         if width > num_new:  # the padding never counts as real
@@ -333,8 +354,9 @@ class StaticLM:
             slots = self._slot_ids[:num_new]  # (T,)
             positions = slots.expand(len(rows), -1)  # (R, T)
             # Causal over the new slots only; padding queries see themselves too (no empty softmax row).
-            causal = (self._slot_ids <= slots[:, None]) & (self._slot_ids < num_new)  # (T, S_max)
-            attend = causal[None, None].expand(len(rows), 1, -1, -1)  # (R, 1, T, S_max)
+            span = min(round_up(num_new, SPAN_STEP), self.capacity)
+            causal = (self._slot_ids[:span] <= slots[:, None]) & (self._slot_ids[:span] < num_new)  # (T, S)
+            attend = causal[None, None].expand(len(rows), 1, -1, -1)  # (R, 1, T, S)
             picks = torch.zeros(len(rows), 1, dtype=torch.long, device=self.device)
             self.decoder(ids, positions, slots, attend, picks, rows=buffer_rows)
             self.slot_mask[buffer_rows, :num_new] = slots < counts[:, None]

@@ -142,15 +142,29 @@ def use_kernel(matmul: str, weight: torch.Tensor) -> bool:
     return False
 
 
-# One packed copy per weight, shared by every decoder over the model (static caches of several batch sizes).
-_PACKED = WeakIdKeyDictionary()  # weight -> (panels, None); tensors compare by value, so keyed by identity
+# One packed copy per group of weights, shared by every decoder over the model (static caches of several batch
+# sizes): first weight -> {(ids of the group's weights and biases): (panels, padded bias)}. Tensors compare by
+# value, so they are keyed by identity; the group's other tensors belong to the same model as its first weight.
+_PACKED = WeakIdKeyDictionary()
+
+
+def pack_group(weights: list[torch.Tensor], biases: list[torch.Tensor | None]):
+    """The packed form (:func:`pack`) of ``weights`` stacked (and their biases, zeros where one has none), made once
+    per group."""
+    key = tuple(id(t) for t in (*weights, *biases))
+    kept = _PACKED.setdefault(weights[0], {})
+    if key not in kept:
+        with torch.no_grad():
+            weight = weights[0] if len(weights) == 1 else torch.cat(weights)  # one-off copy, not kept
+            bias = None if all(b is None for b in biases) else torch.cat(
+                [b if b is not None else w.new_zeros(w.shape[0]) for w, b in zip(weights, biases)])
+        kept[key] = pack(weight, bias)
+    return kept[key]
 
 
 def pack(weight: torch.Tensor, bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """W (N, K) -> panels (ceil(N/16), K, 16) with panels[p, k, j] = W[16 p + j, k], zero past N; bias zero-padded
-    to 16 ceil(N/16). A copy of the weights (memory: N x K x 4 bytes more per matrix), made once per weight."""
-    if weight in _PACKED and bias is None:
-        return _PACKED[weight]
+    to 16 ceil(N/16). A copy of the weights (memory: N x K x 4 bytes more per matrix)."""
     with torch.no_grad():
         out_features, in_features = weight.shape
         padded = -(-out_features // PANEL) * PANEL
@@ -161,8 +175,6 @@ def pack(weight: torch.Tensor, bias: torch.Tensor | None = None) -> tuple[torch.
         if bias is not None:
             padded_bias = torch.zeros(padded, dtype=torch.float32, device=weight.device)
             padded_bias[:out_features] = bias.detach()
-    if bias is None:
-        _PACKED[weight] = (panels, None)
     return panels, padded_bias
 
 
@@ -175,20 +187,24 @@ def small_rows_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor 
 
 
 class SmallRowLinear(nn.Module):
-    """``linear``'s forward, with passes of at most ``max_rows`` rows through the kernel.
+    """The forward of ``linears`` -- nn.Linear modules (or heads with a ``weight``) reading the same input -- with
+    passes of at most ``max_rows`` rows through the kernel, as ONE matmul over their weights stacked (q/k/v, gate/up:
+    one call and one weight stream instead of three or two). forward: x (..., K) -> each linear's output
+    (..., N_i), a tuple when there are several.
 
-    Holds the original weight (the library GEMM's, for wider passes; shared, not copied) and its packed copy.
-    forward: x (..., K) -> (..., N); the number of rows, prod(x.shape[:-1]), is static in a compiled graph, so the
-    choice between kernel and library is made once per traced shape.
+    Holds the original modules (the library GEMM multiplies wider passes by their own weights, unchanged) and one
+    packed copy of the stacked weights. The number of rows, prod(x.shape[:-1]), is static in a compiled graph, so
+    the choice between kernel and library is made once per traced shape.
     """
 
-    def __init__(self, linear: nn.Module, max_rows: int | None = None):
+    def __init__(self, *linears: nn.Module, max_rows: int | None = None):
         super().__init__()
-        self.weight, self.bias = linear.weight, getattr(linear, "bias", None)  # nn.Linear, or a head with a weight
-        self.out_features, self.in_features = linear.weight.shape
+        self.linears = nn.ModuleList(linears)
+        self.sizes = [m.weight.shape[0] for m in linears]
+        self.out_features, self.in_features = sum(self.sizes), linears[0].weight.shape[1]
         self.isa = kernel_isa()
         self.max_rows = MAX_ROWS[self.isa] if max_rows is None else max_rows
-        packed, padded_bias = pack(self.weight, self.bias)
+        packed, padded_bias = pack_group([m.weight for m in linears], [getattr(m, "bias", None) for m in linears])
         self.register_buffer("packed", packed, persistent=False)
         self.register_buffer("padded_bias", padded_bias, persistent=False)
 
@@ -196,14 +212,16 @@ class SmallRowLinear(nn.Module):
     def packed_bytes(self) -> int:
         return self.packed.numel() * self.packed.element_size()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor):
         rows = x.numel() // self.in_features
         if rows > self.max_rows or rows == 0:
-            return F.linear(x, self.weight, self.bias)
-        flat = x.reshape(rows, self.in_features).contiguous()  # (M, K)
-        y = torch.ops.pard.small_rows_linear(flat, self.packed, self.padded_bias, self.out_features,
-                                             ISAS[self.isa])  # (M, N)
-        return y.view(*x.shape[:-1], self.out_features)
+            out = tuple(m(x) for m in self.linears)
+        else:
+            flat = x.reshape(rows, self.in_features).contiguous()  # (M, K)
+            y = torch.ops.pard.small_rows_linear(flat, self.packed, self.padded_bias, self.out_features,
+                                                 ISAS[self.isa])  # (M, sum N_i)
+            out = y.view(*x.shape[:-1], self.out_features).split(self.sizes, dim=-1)
+        return out if len(out) > 1 else out[0]
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, isa={self.isa}, max_rows={self.max_rows}"
+        return f"in={self.in_features}, out={self.sizes}, isa={self.isa}, max_rows={self.max_rows}"
