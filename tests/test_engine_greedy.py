@@ -165,7 +165,7 @@ def test_continuous_batching_rows_equal_rows_alone(target, references, method, e
     finished = {}
     decoder = SpeculativeDecoder(target, draft, method=method, num_draft_tokens=4, engine=engine)
     out = decoder.generate(prompts, max_new_tokens=MAX_NEW, eos_token_id=sorted(eos), max_batch_size=2,
-                           on_finish=lambda index, tokens, top: finished.setdefault(index, list(tokens)))
+                           on_finish=lambda index, tokens, top, features: finished.setdefault(index, list(tokens)))
     expected = [ref[: next((i + 1 for i, t in enumerate(ref) if t in eos), len(ref))] for ref in refs]
     assert out.sequences == expected
     assert finished == dict(enumerate(expected))  # each prompt reported once, when done

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 from .base_weights import BASE_KEY, SHARED_KEY
@@ -17,6 +18,7 @@ from .files import check_output_dir, publish_dir
 from .mask_tokens import PARD_TOKEN_KEY, check_mask_ids, find_mask_token, mark_parallel_draft
 from .models import load_config, load_model, load_tokenizer
 from .specs import resolve_spec
+from .target_features import adapter_of, detach_adapter, feature_record
 from .training.rundir import TRAINING_INFO_FILE
 from .vllm import serve_command, shell_line
 from .vocab import check_tokenizers
@@ -55,6 +57,8 @@ def check_servable(draft: str, config) -> None:
     if folder.is_dir() and not any((folder / name).exists() for name in ("tokenizer.json", "tokenizer_config.json",
                                                                          "tokenizer.model")):
         missing.append("it has no tokenizer")
+    if feature_record(config) is not None:
+        missing.append("it carries a feature adapter for its target's hidden states, which vLLM does not pass")
     if missing:
         raise InvalidArgumentError(f"vLLM cannot load {draft} as it is ({'; '.join(missing)}): run `pard export` "
                                    "on it first and serve the exported directory")
@@ -91,6 +95,11 @@ def export_draft(
     for key in (BASE_KEY, SHARED_KEY):  # the export holds every tensor itself: vLLM loads it alone
         if hasattr(model.config, key):
             delattr(model.config, key)
+    if adapter_of(model) is not None:  # vLLM's parallel drafting feeds no target states: the plain PARD form
+        detach_adapter(model)
+        print(f"pard: {draft} reads its target's hidden states, which vLLM's parallel drafting does not pass to a "
+              "draft: exported without its feature adapter (it runs target-independently, as with "
+              "--no-target-features)", file=sys.stderr)
     source = Path(resolve_spec(draft))
     info = None
     if (source / TRAINING_INFO_FILE).exists():

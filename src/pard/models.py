@@ -156,12 +156,14 @@ def load_model(
 
 
 def _is_assembled(spec: str) -> bool:
-    """A local draft that transformers alone cannot load: a reduced-vocabulary head, or tensors from its base."""
+    """A local draft that transformers alone cannot load: a reduced-vocabulary head, tensors from its base, or a
+    feature adapter (transformers would drop its weights as unexpected)."""
     from .base_weights import BASE_KEY
     from .draft_vocab import DRAFT_VOCAB_KEY
+    from .target_features import FEATURES_KEY
 
     config = _local_config(spec)
-    return DRAFT_VOCAB_KEY in config or BASE_KEY in config
+    return DRAFT_VOCAB_KEY in config or BASE_KEY in config or FEATURES_KEY in config
 
 
 def _load_assembled(spec: str, dtype, trust_remote_code: bool) -> PreTrainedModel:
@@ -171,12 +173,15 @@ def _load_assembled(spec: str, dtype, trust_remote_code: bool) -> PreTrainedMode
 
     from .base_weights import BASE_KEY, SHARED_KEY, WEIGHTS, base_tensors
     from .draft_vocab import DRAFT_VOCAB_KEY, attach_subset_head, empty_subset_head
+    from .target_features import attach_adapter, feature_record
 
     config = load_config(spec, trust_remote_code=trust_remote_code)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, trust_remote_code=trust_remote_code)
     if getattr(config, DRAFT_VOCAB_KEY, None):
         attach_subset_head(model, list(range(getattr(config, DRAFT_VOCAB_KEY))))
         model.set_output_embeddings(empty_subset_head(config))
+    if feature_record(config) is not None:
+        attach_adapter(model, feature_record(config))
     state = load_file(str(Path(spec) / WEIGHTS))
     if getattr(config, BASE_KEY, None):
         state.update(base_tensors(getattr(config, BASE_KEY), list(getattr(config, SHARED_KEY, []))))

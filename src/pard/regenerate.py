@@ -36,9 +36,11 @@ from .decoding.engine import check_draft_length
 from .decoding.engines import check_engine
 from .kernels import check_matmul
 from .errors import DataError, InvalidArgumentError
+from .feature_store import FEATURES_FIELD, FeatureWriter, read_header
 from .files import atomic_write_text, check_writable, exclusive_lock, existing_parent
 from .models import load_pair
 from .prompts import eos_token_ids, has_chat_template, render_chat
+from .target_features import target_record
 from .training.config import DataConfig
 from .training.data import load_records
 from .training.stored_teacher import RECORD_FIELD, prompt_digest
@@ -69,6 +71,7 @@ class RegenerateConfig:
     engine: str = "auto"  # see pard.decoding.engines
     matmul: str = "auto"  # see pard.kernels
     top_logprobs: int = 0  # also store the target's n most likely tokens at each written position (distillation)
+    store_features: list[int] | None = None  # also store the target's hidden states at these layers (pard.feature_store)
 
 
 @dataclass
@@ -85,37 +88,55 @@ def regenerate(config: RegenerateConfig) -> Path:
     _validate(config)
     output = Path(config.output)
     with exclusive_lock(output, "the regenerated dataset"):
-        done = _finished_ids(output, config.top_logprobs)  # refuses a file it did not write, before anything changes
+        # Refuses a file it did not write (or written with other settings), before anything changes.
+        done, end_row = _finished_ids(output, config.top_logprobs, bool(config.store_features))
+        stored = read_header(output) if config.store_features else None
+        if stored is not None and stored["layers"] != list(config.store_features):
+            raise DataError(f"{output}: its stored features are layers {stored['layers']}; this run would store "
+                            f"{list(config.store_features)}: resume with the same --store-features, or choose "
+                            "another --output")
         pair = load_pair(config.target, config.draft, dtype=config.dtype, device=config.device,
                          trust_remote_code=config.trust_remote_code)
+        store = None
+        if config.store_features:  # the rows go beside the records; a resumed run cuts rows no record references
+            record = target_record(pair.target, config.store_features, config.target)
+            header = {**record, "row_size": record["hidden_size"] * len(record["layers"]), "dtype": "bfloat16"}
+            _cut_torn_tail(output)
+            store = FeatureWriter(output, header, end_row)
         eos = eos_token_ids(pair.tokenizer, pair.target)
         jobs = [job for job in _jobs(config, pair.tokenizer) if job.id not in done]
         decoder = SpeculativeDecoder(pair.target, pair.draft, method=pair.method,
                                      num_draft_tokens=config.num_draft_tokens,
                                      max_draft_tokens=config.max_draft_tokens, target_tokenizer=pair.tokenizer,
                                      draft_tokenizer=pair.draft_tokenizer, engine=config.engine, matmul=config.matmul,
+                                     feature_layers=config.store_features,
                                      expected_tokens=len(jobs) * config.max_new_tokens)
         _cut_torn_tail(output)
         bar = tqdm(total=len(jobs) + len(done), initial=len(done), desc="regenerating", unit="record")
         started, tokens, sink = time.perf_counter(), 0, None
 
         position = {id(job): i for i, job in enumerate(jobs)}
-        finished: dict[int, str] = {}  # records done but waiting for an earlier one, by position
+        finished: dict[int, tuple[_Job, list[_Completion]]] = {}  # done but waiting for an earlier one, by position
         written = 0
 
         def save(job: _Job, outputs: list[_Completion]) -> None:
             """Write records in input order (a record done early waits for those before it): the file is then the
-            same whatever interrupted the run, and a resumed run skips a prefix of it."""
+            same whatever interrupted the run, and a resumed run skips a prefix of it. Stored features are written
+            (and synced) before the records that reference them."""
             nonlocal sink, tokens, written
-            finished[position[id(job)]] = json.dumps(_rewrite(job, outputs, pair.tokenizer, config, eos),
-                                                     ensure_ascii=False) + "\n"
+            finished[position[id(job)]] = (job, outputs)
             tokens += sum(len(out.tokens) for out in outputs)
             lines = []
             while written in finished:
-                lines.append(finished.pop(written))
+                ready, completions = finished.pop(written)
+                rows = [store.append(out.features) for out in completions] if store is not None else None
+                lines.append(json.dumps(_rewrite(ready, completions, pair.tokenizer, config, eos, rows),
+                                        ensure_ascii=False) + "\n")
                 written += 1
             if not lines:
                 return
+            if store is not None:
+                store.sync()
             if sink is None:  # opened with the first finished record: a run that fails early leaves no file
                 sink = output.open("a", encoding="utf-8")
             sink.write("".join(lines))
@@ -131,6 +152,8 @@ def regenerate(config: RegenerateConfig) -> Path:
         finally:
             if sink is not None:
                 sink.close()
+            if store is not None:
+                store.close()
             bar.close()
     return output
 
@@ -183,11 +206,12 @@ def _validate(config: RegenerateConfig) -> None:
     check_writable(output.parent)
 
 
-def _finished_ids(output: Path, top_logprobs: int = 0) -> set[str]:
-    """Ids already written. Reads only: a file that holds anything but this command's records is refused, and so
-    is one whose records have (or lack) the target's distributions when this run would not (or would) store them."""
+def _finished_ids(output: Path, top_logprobs: int = 0, store_features: bool = False) -> tuple[set[str], int]:
+    """Ids already written, and the feature rows their records reference. Reads only: a file that holds anything
+    but this command's records is refused, and so is one whose records have (or lack) the target's distributions
+    or hidden states when this run would not (or would) store them."""
     if not output.exists():
-        return set()
+        return set(), 0
     data = output.read_bytes()
     end = data.rfind(b"\n") + 1
     complete, torn = data[:end], data[end:]
@@ -197,7 +221,7 @@ def _finished_ids(output: Path, top_logprobs: int = 0) -> set[str]:
         lines = complete.decode("utf-8").splitlines()
     except UnicodeDecodeError:
         raise refuse from None
-    ids = set()
+    ids, end_row = set(), 0
     for line in lines:
         if not line.strip():
             continue
@@ -215,11 +239,16 @@ def _finished_ids(output: Path, top_logprobs: int = 0) -> set[str]:
         if width is not None and width != top_logprobs:
             raise DataError(f"{output}: its records store the target's top {width} and this run would store the top "
                             f"{top_logprobs}; resume with --top-logprobs {width}, or choose another --output")
+        if (FEATURES_FIELD in record) != store_features:
+            raise DataError(f"{output}: its records were written {'with' if FEATURES_FIELD in record else 'without'} "
+                            f"--store-features and this run is {'with' if store_features else 'without'}; resume "
+                            "with the same setting, or choose another --output")
+        end_row = max([end_row] + [e["row"] + e["rows"] for e in record.get(FEATURES_FIELD, ())])
         ids.add(record["id"])
     # A torn last line is ours only if what precedes it is ours, or it starts the way our records start.
     if torn and not ids and not torn.startswith(b'{"id": '):
         raise refuse
-    return ids
+    return ids, end_row
 
 
 def _stored_width(record: dict) -> int | None:
@@ -288,6 +317,7 @@ class _Completion:
     tokens: list[int]
     top_logprobs: torch.Tensor | None = None
     top_ids: torch.Tensor | None = None
+    features: torch.Tensor | None = None  # --store-features: (T - 1, F), the states at prompt + completion positions
 
 
 def _generate(decoder, jobs: list[_Job], config: RegenerateConfig, eos, save) -> None:
@@ -297,10 +327,10 @@ def _generate(decoder, jobs: list[_Job], config: RegenerateConfig, eos, save) ->
     owners = [(job, turn) for job in jobs for turn in range(len(job.prompts))]
     pending = {id(job): [None] * len(job.prompts) for job in jobs}
 
-    def finish(index: int, tokens: list[int], top) -> None:
+    def finish(index: int, tokens: list[int], top, features) -> None:
         job, turn = owners[index]
         turns = pending[id(job)]
-        turns[turn] = _Completion(list(tokens), *(top or (None, None)))
+        turns[turn] = _Completion(list(tokens), *(top or (None, None)), features)
         if all(turns):
             save(job, turns)
 
@@ -308,12 +338,15 @@ def _generate(decoder, jobs: list[_Job], config: RegenerateConfig, eos, save) ->
     seed = zlib.crc32(f"{config.seed}:{jobs[0].id}".encode())
     pool = config.batch_size if decoder.admits_new_rows else None  # else: a group's turns all in one batch
     decoder.generate(prompts, max_new_tokens=config.max_new_tokens, sampling=config.sampling, eos_token_id=eos,
-                     seed=seed, top_logprobs=config.top_logprobs, max_batch_size=pool, on_finish=finish)
+                     seed=seed, top_logprobs=config.top_logprobs, max_batch_size=pool, on_finish=finish,
+                     return_features=bool(config.store_features))
 
 
-def _rewrite(job: _Job, outputs: list[_Completion], tokenizer, config: RegenerateConfig, eos) -> dict:
+def _rewrite(job: _Job, outputs: list[_Completion], tokenizer, config: RegenerateConfig, eos,
+             rows: list[int] | None = None) -> dict:
     """The output record. The text drops EOS (the data pipeline adds the end of a turn or document back); the
-    stored distributions keep its position, where the target chose to stop."""
+    stored distributions keep its position, where the target chose to stop. ``rows``: where each completion's
+    stored features start in the feature file."""
     dc = config.data_config
     record = {"id": job.id}
 
@@ -340,6 +373,11 @@ def _rewrite(job: _Job, outputs: list[_Completion], tokenizer, config: Regenerat
             {**place, "prompt": prompt_digest(prompt), "tokens": out.tokens, "ids": out.top_ids.tolist(),
              "logprobs": [[round(x, 4) for x in row] for row in out.top_logprobs.clamp_min(LOGPROB_FLOOR).tolist()]}
             for place, prompt, out in zip(where, job.prompts, outputs)
+        ]
+    if rows is not None:
+        record[FEATURES_FIELD] = [
+            {**place, "prompt": prompt_digest(prompt), "tokens": out.tokens, "row": row, "rows": len(out.features)}
+            for place, prompt, out, row in zip(where, job.prompts, outputs, rows)
         ]
     return record
 

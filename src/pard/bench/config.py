@@ -7,19 +7,28 @@ from dataclasses import dataclass, field
 
 from ..errors import InvalidArgumentError
 
-ENGINE_METHODS = ("ar", "vsd", "pard")
+# pard-plain: a PARD draft without the target's hidden states (a feature draft run target-independently; for a
+# plain draft the same as pard)
+ENGINE_METHODS = ("ar", "vsd", "pard", "pard-plain")
 HF_METHODS = ("hf-ar", "hf-assisted", "hf-prompt-lookup")
 ALL_METHODS = ENGINE_METHODS + HF_METHODS
-USES_K = {"vsd", "pard", "hf-assisted", "hf-prompt-lookup"}
-BATCHED = {"ar", "vsd", "pard", "hf-ar"}  # transformers' assisted/prompt-lookup decoding is batch-1 only
+PARD_METHODS = ("pard", "pard-plain")
+USES_K = {"vsd", "pard", "pard-plain", "hf-assisted", "hf-prompt-lookup"}
+BATCHED = {"ar", "vsd", "pard", "pard-plain", "hf-ar"}  # transformers' assisted/prompt-lookup decoding: batch 1
+DRAFT_SEPARATOR = " · "  # "pard · zoo:pard-features": a PARD method with one of several drafts
+
+
+def base_method(method: str) -> str:
+    """The method of a configuration's name ("pard · zoo:pard" -> "pard")."""
+    return method.partition(DRAFT_SEPARATOR)[0]
 
 
 @dataclass
 class BenchConfig:
     targets: list[str] = field(default_factory=lambda: ["zoo:large"])
-    draft: str | None = "zoo:pard"  # the parallel draft (method pard)
+    draft: str | list[str] | None = "zoo:pard"  # the parallel draft(s) (methods pard, pard-plain), side by side
     ar_draft: str | None = "zoo:draft"  # the autoregressive draft (vsd, hf-assisted)
-    methods: list[str] = field(default_factory=lambda: list(ALL_METHODS))
+    methods: list[str] = field(default_factory=lambda: [m for m in ALL_METHODS if m != "pard-plain"])
     datasets: list[str] = field(default_factory=lambda: ["humaneval"])
     ks: list[int | str] = field(default_factory=lambda: [8])  # "auto": k chosen per step, up to max_k
     engines: list[str] = field(default_factory=lambda: ["auto"])  # engine paths of ar/vsd/pard, side by side
@@ -40,6 +49,12 @@ class BenchConfig:
     prompt_field: str | None = None
     output: str = "bench-results/latest"
 
+    def pard_drafts(self) -> list[str]:
+        """The PARD drafts measured (several: each one's configurations are named "pard · DRAFT")."""
+        if not self.draft:
+            return []
+        return [self.draft] if isinstance(self.draft, str) else list(dict.fromkeys(self.draft))
+
     def engine_variants(self) -> list[str]:
         """Each engine path with each matmul, as ``path`` (``--matmul auto``) or ``path/matmul``; the eager path
         has only its own (the model's forward)."""
@@ -53,8 +68,8 @@ class BenchConfig:
         unknown = set(self.methods) - set(ALL_METHODS)
         if unknown:
             raise InvalidArgumentError(f"unknown method(s) {sorted(unknown)}; choose from {', '.join(ALL_METHODS)}")
-        if "pard" in self.methods and not self.draft:
-            raise InvalidArgumentError("method pard needs --draft")
+        if set(PARD_METHODS) & set(self.methods) and not self.pard_drafts():
+            raise InvalidArgumentError("methods pard / pard-plain need --draft")
         if {"vsd", "hf-assisted"} & set(self.methods) and not self.ar_draft:
             raise InvalidArgumentError("methods vsd / hf-assisted need --ar-draft")
         if not self.ks or not self.batch_sizes or not self.targets or not self.datasets:

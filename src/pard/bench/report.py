@@ -178,7 +178,7 @@ def bench_plots(summary: dict, out_dir: Path) -> list[Path]:
             found = [m["speedup"] for m in rows if (m["target"], m["method"], m["k"]) == (target, method, k)]
             return statistics.mean(found) if found else None
 
-        styles = {"pard": "-o", "vsd": "--s", "hf-assisted": ":^"}
+        styles = {"pard": "-o", "pard-plain": "-.o", "vsd": "--s", "hf-assisted": ":^"}
         for target in targets:
             for method in dict.fromkeys(m["method"] for m in rows if m["method"].split(" ")[0] in styles):
                 style = styles[method.split(" ")[0]]

@@ -29,7 +29,7 @@ from ..files import atomic_write_text, check_output_dir
 from ..models import load_model, load_tokenizer
 from ..prompts import encode_prompt, eos_token_ids
 from ..vocab import check_compatible
-from .config import BATCHED, ENGINE_METHODS, USES_K, BenchConfig
+from .config import BATCHED, DRAFT_SEPARATOR, ENGINE_METHODS, PARD_METHODS, USES_K, BenchConfig, base_method
 from .datasets import load_prompts
 from .report import machine_info, write_json
 
@@ -72,12 +72,12 @@ def run_bench(config: BenchConfig) -> dict:
     sampling = SamplingConfig(config.temperature, config.top_k, config.top_p)
     prompt_sets = {d: load_prompts(d, limit=config.num_prompts, prompt_field=config.prompt_field)
                    for d in config.datasets}
-    drafts = {
-        "pard": _load(config.draft, config) if "pard" in config.methods else None,
-        "ar": _load(config.ar_draft, config) if {"vsd", "hf-assisted"} & set(config.methods) else None,
-    }
-    draft_tokenizers = {kind: load_tokenizer(spec) for kind, spec in
-                        [("pard", config.draft), ("ar", config.ar_draft)] if drafts[kind] is not None}
+    # The drafts by spec (an AR draft for vsd / hf-assisted under "ar"), loaded once for every target.
+    pard_specs = config.pard_drafts() if set(PARD_METHODS) & set(config.methods) else []
+    drafts = {spec: _load(spec, config) for spec in pard_specs}
+    drafts["ar"] = _load(config.ar_draft, config) if {"vsd", "hf-assisted"} & set(config.methods) else None
+    draft_tokenizers = {kind: load_tokenizer(config.ar_draft if kind == "ar" else kind)
+                        for kind, draft in drafts.items() if draft is not None}
     tokenizers = {spec: load_tokenizer(spec) for spec in config.targets}  # a missing target fails here, not later
     load = {"start": busy_machine_check()}  # after every check of the arguments: a refusal stays one line
     # ar first: it is every speedup's denominator and every greedy output's reference.
@@ -100,7 +100,8 @@ def run_bench(config: BenchConfig) -> dict:
             ids, truncated[f"{target_spec} {dataset}"] = _fit_context(ids, target, config.max_new_tokens)
             for batch_size in config.batch_sizes:
                 batches = [list(range(i, min(i + batch_size, len(ids)))) for i in range(0, len(ids), batch_size)]
-                cell = [(method, k, engine) for method, k, engine in plan if batch_size == 1 or method in BATCHED]
+                cell = [(method, k, engine) for method, k, engine in plan
+                        if batch_size == 1 or base_method(method) in BATCHED]
                 bar.update(len(plan) - len(cell))
                 runs = []
                 for method, k, engine in cell:
@@ -170,10 +171,15 @@ def busy_machine_check() -> float | None:
 def _plan(config: BenchConfig, methods: list[str]) -> list[tuple[str, int | None, str | None]]:
     """(method, K, engine) in run order: every engine's ar before anything else (the speedups' denominators)."""
     plan = []
+    drafts = config.pard_drafts()
     for method in methods:
-        for engine in config.engine_variants() if method in ENGINE_METHODS else [None]:
-            for k in config.ks if method in USES_K else [None]:
-                plan.append((method, k, engine))
+        # several PARD drafts: one configuration name per draft ("pard · zoo:pard-features")
+        names = [f"{method}{DRAFT_SEPARATOR}{d}" for d in drafts] if method in PARD_METHODS and len(drafts) > 1 \
+            else [method]
+        for name in names:
+            for engine in config.engine_variants() if method in ENGINE_METHODS else [None]:
+                for k in config.ks if method in USES_K else [None]:
+                    plan.append((name, k, engine))
     return plan
 
 
@@ -184,13 +190,16 @@ def _load(spec: str, config: BenchConfig):
 def _runner(method, k, engine, target, tokenizer, drafts, draft_tokenizers, sampling, eos, config,
             expected_tokens: int):
     """A function batch-of-token-lists -> (outputs, GenerationStats | None)."""
-    if method in ENGINE_METHODS:
-        kind = {"ar": None, "vsd": "ar", "pard": "pard"}[method]
+    base, _, spec = method.partition(DRAFT_SEPARATOR)
+    if base in ENGINE_METHODS:
+        kind = {"ar": None, "vsd": "ar"}.get(base, spec or (config.pard_drafts() or [None])[0])
         path, _, matmul = engine.partition("/")  # "static/library": the static path with the library GEMM
-        decoder = SpeculativeDecoder(target, drafts.get(kind), method=method, num_draft_tokens=k or 1,
-                                     max_draft_tokens=config.max_k, engine=path, matmul=matmul or "auto",
+        decoder = SpeculativeDecoder(target, drafts.get(kind), method="pard" if base in PARD_METHODS else base,
+                                     num_draft_tokens=k or 1, max_draft_tokens=config.max_k, engine=path,
+                                     matmul=matmul or "auto",
                                      expected_tokens=expected_tokens * (config.repeats + config.warmup),
-                                     target_tokenizer=tokenizer, draft_tokenizer=draft_tokenizers.get(kind))
+                                     target_tokenizer=tokenizer, draft_tokenizer=draft_tokenizers.get(kind),
+                                     target_features=base != "pard-plain")
 
         def run(batch, seed):
             out = decoder.generate(batch, max_new_tokens=config.max_new_tokens, sampling=sampling,

@@ -20,10 +20,13 @@ def register(sub) -> None:
     defaults = BenchConfig()
     b = sub.add_parser("bench", help="methods x targets x K x batch sizes x datasets; JSON + markdown + plots")
     b.add_argument("--targets", nargs="+", default=defaults.targets, help="target models (one draft, many targets)")
-    b.add_argument("--draft", default=defaults.draft, help="the parallel (PARD) draft")
+    b.add_argument("--draft", nargs="+", default=[defaults.draft],
+                   help="the parallel (PARD) draft; several are measured side by side (e.g. a plain draft and a "
+                        "feature draft)")
     b.add_argument("--ar-draft", default=defaults.ar_draft, help="the autoregressive draft for vsd / hf-assisted")
     b.add_argument("--methods", nargs="+", default=defaults.methods, choices=ALL_METHODS, metavar="METHOD",
-                   help=f"any of {', '.join(ALL_METHODS)} (default: all)")
+                   help=f"any of {', '.join(ALL_METHODS)} (default: all but pard-plain, a feature draft run "
+                        "without the target's hidden states)")
     b.add_argument("--datasets", nargs="+", default=defaults.datasets,
                    help="humaneval, gsm8k, math500, spec-bench, stdlib, NAME=LOCAL.jsonl or FILE.jsonl")
     b.add_argument("--prompt-field", help="prompt field of local jsonl files (default: auto)")

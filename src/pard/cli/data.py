@@ -27,6 +27,11 @@ def register(sub) -> None:
     p.add_argument("--top-logprobs", type=int, default=0, metavar="N",
                    help="also store the target's N most likely tokens and log-probabilities at every written "
                         "position, for `pard train --distill-from data` (about 15 bytes per token and N)")
+    p.add_argument("--store-features", metavar="LAYER", nargs="+", type=int,
+                   help="also keep the target's hidden states at these layers (e.g. -1 -4: indices into its hidden "
+                        "states, 0 = embeddings, -1 = the last) for every token of each record, bf16, in "
+                        "OUTPUT.features beside the records: what `pard train --target-features data` trains a "
+                        "feature draft on (hidden size x layers x 2 bytes per token)")
     p.add_argument("--text-field", default="text")
     p.add_argument("--messages-field", default="messages")
     add_engine_option(p)
@@ -47,6 +52,7 @@ def run(args) -> int:
         limit=args.limit, data_config=DataConfig(text_field=args.text_field, messages_field=args.messages_field),
         dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code, engine=args.engine, matmul=args.matmul,
         top_logprobs=args.top_logprobs,
+        store_features=args.store_features,
     )
     print(f"wrote {regenerate(config)}", file=sys.stderr)
     return 0

@@ -20,6 +20,8 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, help="seed for sampling")
     p.add_argument("--no-chat-template", action="store_true", help="tokenize the prompt as plain text")
     p.add_argument("--json", action="store_true", help="print one JSON object: text, token_ids, stats")
+    p.add_argument("--no-target-features", action="store_true",
+                   help="run a feature draft as a plain PARD draft (without the target's hidden states)")
     add_engine_option(p)
     add_model_options(p)
     p.set_defaults(func=run)
@@ -42,7 +44,7 @@ def run(args) -> int:
     decoder = SpeculativeDecoder(pair.target, pair.draft, method=args.method or pair.method,
                                  num_draft_tokens=args.num_draft_tokens, max_draft_tokens=args.max_k,
                                  engine=args.engine, matmul=args.matmul, target_tokenizer=pair.tokenizer,
-                                 draft_tokenizer=pair.draft_tokenizer)
+                                 draft_tokenizer=pair.draft_tokenizer, target_features=not args.no_target_features)
     prompt_ids = encode_prompt(pair.tokenizer, args.prompt, chat_template=not args.no_chat_template)
     streamer = None
     if not args.json:
@@ -74,6 +76,8 @@ def print_stats(stats) -> None:
         table.add_row("speculative steps", f"{stats.speculative_steps} of {stats.target_forwards} "
                                            f"(mean k {sum(chosen) / max(len(chosen), 1):.2f})")
     table.add_row("draft forwards", str(stats.draft_forwards))
+    if stats.target_features:
+        table.add_row("draft reads the target", f"hidden states of layers {stats.target_features}")
     table.add_row("mean accepted length τ", f"{stats.mean_accepted_length:.2f}")
     if stats.acceptance_per_position:
         table.add_row("acceptance k-α (k=1..)", " ".join(f"{a:.2f}" for a in stats.acceptance_per_position))

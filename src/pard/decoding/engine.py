@@ -11,6 +11,7 @@ fed first in the next verification pass: [x_last, d_1..d_k] -> k+1 target distri
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -22,6 +23,7 @@ from transformers import PreTrainedModel
 
 from ..errors import InvalidArgumentError, NotAParallelDraftError, PromptTooLongError
 from ..kernels import check_matmul
+from ..target_features import check_layers, feature_binding
 from ..mask_tokens import mask_token_ids_of
 from ..models import context_window
 from ..vocab import check_compatible, vocab_size
@@ -49,6 +51,7 @@ class GenerationOutput:
     sequences: list[list[int]]
     stats: GenerationStats
     top_logprobs: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    features: list[torch.Tensor] | None = None  # return_features: per row (T - 1, F), see generate
 
 
 def check_draft_length(num_draft_tokens: int | str, max_draft_tokens: int = 8) -> None:
@@ -81,6 +84,11 @@ class SpeculativeDecoder:
         engine: ``"auto"``, ``"eager"``, ``"static"`` or ``"compiled"`` (see :mod:`pard.decoding.engines`).
         matmul: ``"auto"``, ``"kernel"`` or ``"library"``: whether the static paths multiply through the small-row
             kernel (:mod:`pard.kernels`).
+        target_features: let a feature draft read the target's hidden states when it was made for this target
+            (:func:`pard.target_features.feature_binding` decides, and says in one line when it does not);
+            False runs it as a plain PARD draft.
+        feature_layers: target layers whose hidden states ``generate(return_features=True)`` returns (what
+            ``pard regenerate --store-features`` keeps).
         expected_tokens: how many tokens this decoder will generate in all, when known: ``auto`` compiles only
             when that pays back (None: judged from the first ``generate`` call's budget).
     """
@@ -99,6 +107,8 @@ class SpeculativeDecoder:
         engine: str = "auto",
         expected_tokens: int | None = None,
         matmul: str = "auto",
+        target_features: bool = True,
+        feature_layers: Sequence[int] | None = None,
     ):
         if method not in METHODS:
             raise InvalidArgumentError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -132,6 +142,16 @@ class SpeculativeDecoder:
         self._resolved_engine: str | None = None
         windows = [w for w in (context_window(target), self.draft and context_window(self.draft)) if w]
         self.context_window = min(windows) if windows else None
+        binding = feature_binding(self.target, self.draft, method=method, enabled=target_features)
+        if binding.reason:
+            _say_once(binding.reason)
+        self.draft_layers = binding.layers or ()  # the target layers the draft reads (empty: target-independent)
+        text_config = target.config.get_text_config() if hasattr(target.config, "get_text_config") else target.config
+        self.store_layers = tuple(check_layers(list(feature_layers), text_config.num_hidden_layers)
+                                  if feature_layers else ())
+        # What target passes return: the draft's layers first (its columns of the buffer are then a prefix)
+        self.hidden_layers = tuple(dict.fromkeys((*self.draft_layers, *self.store_layers)))
+        self._hidden_size = text_config.hidden_size
 
     def _engine_for(self, tokens: int) -> str:
         """The engine path, resolved once (``auto`` judges by ``expected_tokens``, else by the first call's)."""
@@ -205,7 +225,8 @@ class SpeculativeDecoder:
         streamer=None,
         top_logprobs: int = 0,
         max_batch_size: int | None = None,
-        on_finish: Callable[[int, list[int], tuple[torch.Tensor, torch.Tensor] | None], None] | None = None,
+        on_finish: Callable[..., None] | None = None,
+        return_features: bool = False,
     ) -> GenerationOutput:
         """Generate up to ``max_new_tokens`` per row.
 
@@ -222,9 +243,13 @@ class SpeculativeDecoder:
             max_batch_size: decode at most this many rows at once (continuous batching): when a row finishes, the
                 next waiting prompt takes its place while the others keep decoding, so no pass is spent on
                 finished rows. Each row's output is what it would be alone (greedy). None: all prompts at once.
-            on_finish: called as ``on_finish(index, tokens, top_logprobs)`` when prompt ``index`` is done (its
-                tokens, and its (log-probabilities (T, n), ids (T, n)) with ``top_logprobs``, else None), so a
-                caller can save finished rows while the others decode.
+            on_finish: called as ``on_finish(index, tokens, top_logprobs, features)`` when prompt ``index`` is done
+                (its tokens; its (log-probabilities (T, n), ids (T, n)) with ``top_logprobs``, else None; its
+                features with ``return_features``, else None), so a caller can save finished rows while the others
+                decode.
+            return_features: also return, per row, the target's hidden states at the decoder's ``feature_layers``
+                for every token of prompt + output but the last: (T - 1, F) for T tokens, row t = the state at
+                position t (what `pard regenerate --store-features` keeps for feature drafts).
         """
         sampling = sampling or SamplingConfig()
         prompts = _as_token_lists(prompts, attention_mask)
@@ -239,6 +264,8 @@ class SpeculativeDecoder:
                                        f"vocabulary of {vocab_size(self.target):,} tokens")
         if max_batch_size is not None and max_batch_size < 1:
             raise InvalidArgumentError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        if return_features and not self.store_layers:
+            raise InvalidArgumentError("return_features needs the decoder's feature_layers (which layers to return)")
         batch_size = min(max_batch_size or len(prompts), len(prompts))
         if batch_size < len(prompts) and not self.admits_new_rows:
             raise InvalidArgumentError("models with sliding-window attention cannot refill rows: pass at most "
@@ -256,16 +283,32 @@ class SpeculativeDecoder:
         stats.drafted_lengths = [[] for _ in prompts]
         outputs: list[list[int]] = [[] for _ in prompts]
         tops: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in prompts]  # per row, per step
+        finished_features: dict[int, torch.Tensor] = {}  # return_features: per prompt, (T - 1, F)
         started = time.perf_counter()
 
         # Committed tokens, right-padded; room for the longest row plus one step of K + 1 provisional writes.
         capacity = max(len(p) + b for p, b in zip(prompts, budgets)) + self.num_draft_tokens + 1
         sequences = torch.full((batch_size, capacity), PAD_ID, dtype=torch.long, device=device)  # (B, L)
         lengths = torch.zeros(batch_size, dtype=torch.long, device=device)  # (B,)
+        # The target's feature of each committed token (index t: h_{t-1}; zero at t = 0), riding along with the
+        # rows: written by every target pass, read by a feature draft, kept for return_features.
+        features = None
+        if self.hidden_layers:
+            features = torch.zeros(batch_size, capacity, self._hidden_size * len(self.hidden_layers),
+                                   dtype=self.target.dtype, device=device)  # (B, L, F)
+        draft_width = self._hidden_size * len(self.draft_layers)
+        store_columns = torch.cat([torch.arange(self.hidden_layers.index(layer) * self._hidden_size,
+                                                (self.hidden_layers.index(layer) + 1) * self._hidden_size)
+                                   for layer in self.store_layers]).to(device) if self.store_layers else None
+
+        def draft_view():  # the columns the draft reads (a prefix of the buffer: no copy)
+            return features[..., :draft_width] if draft_width else None
 
         def place(j: int, index: int) -> None:
             """Row j of the batch holds prompt ``index`` (its committed tokens so far: the prompt)."""
             sequences[j] = PAD_ID
+            if features is not None:
+                features[j] = 0
             sequences[j, : len(prompts[index])] = torch.tensor(prompts[index], dtype=torch.long)
             lengths[j] = len(prompts[index])
 
@@ -278,9 +321,11 @@ class SpeculativeDecoder:
         if streamer is not None:
             streamer.put(torch.tensor(prompts[0]))
         engine = self._engine_for(sum(budgets))
-        target = open_lm(engine, "target", self.target, batch_size, capacity, self._target_buckets(), self.matmul)
+        target = open_lm(engine, "target", self.target, batch_size, capacity, self._target_buckets(), self.matmul,
+                         hidden_layers=self.hidden_layers)
         draft = None if self.method == "ar" else open_lm(engine, "draft", self.draft, batch_size, capacity,
-                                                         self._draft_buckets(), self.matmul)
+                                                         self._draft_buckets(), self.matmul,
+                                                         reads_features=bool(self.draft_layers))
         proposer = self._make_proposer(draft, batch_size) if draft is not None else None
         lms = [target] + ([draft] if draft is not None else [])  # target first
 
@@ -297,14 +342,18 @@ class SpeculativeDecoder:
                 self._choosers[batch_size] = VerifyLengthChooser(self.num_draft_tokens, self.method == "vsd")
             chooser = self._choosers[batch_size]
             chooser.new_generation()
-        target.feed(sequences, lengths - 1, PAD_ID, need_logits=False)
+        read = target.feed(sequences, lengths - 1, PAD_ID, need_logits=False, return_hidden=features is not None)
+        if features is not None:  # h_0 .. h_{n-2}: the features of tokens 1 .. n-1
+            _write_prompt_features(features, torch.arange(batch_size, device=device), read[1])
         if chooser is not None:
             chooser.profile(target, lambda: synchronize(device))  # T(1..K+1): the first call of a batch size only
         if proposer is not None and (chooser is None or not chooser.switched_off):
-            proposer.prefill(sequences, lengths)  # while -k auto decodes plainly, its first probe reads the prompt
+            # (while -k auto decodes plainly, its first probe reads the prompt)
+            proposer.prefill(sequences, lengths, draft_view())
         synchronize(device)
         stats.engine = engine
         stats.matmul = _matmul_of(lms)
+        stats.target_features = list(self.draft_layers) or None
         stats.compile_seconds = sum(compiled_so_far()) - sum(compiling)
         stats.prefill_seconds = time.perf_counter() - started - stats.compile_seconds
 
@@ -313,7 +362,7 @@ class SpeculativeDecoder:
             k = min(self.num_draft_tokens, int(remaining.max()) - 1)
             compiling = compiled_so_far()
             step = speculative_step(target, proposer, chooser, sequences, lengths, k, sampling, generator,
-                                    top_logprobs)
+                                    top_logprobs, features, draft_view())
             # A shape met for the first time compiles inside its pass: that is not decoding time.
             target_compile, *draft_compile = (now - before for now, before in zip(compiled_so_far(), compiling))
             draft_compile = sum(draft_compile)
@@ -346,8 +395,12 @@ class SpeculativeDecoder:
                 if not hit and remaining[j] > 0:
                     keep.append(j)
                     continue
+                if return_features:  # the row's prompt + output tokens but the last: rows 1 .. T - 1
+                    total = len(prompts[row]) + len(outputs[row])
+                    finished_features[row] = features[j, 1:total].index_select(-1, store_columns).cpu()
                 if on_finish is not None:
-                    on_finish(row, outputs[row], _joined(tops[row]) if top_logprobs else None)
+                    on_finish(row, outputs[row], _joined(tops[row]) if top_logprobs else None,
+                              finished_features.get(row))
                 if waiting:  # the next prompt takes the finished row's place
                     index = waiting.popleft()
                     place(j, index)
@@ -357,9 +410,11 @@ class SpeculativeDecoder:
             if admitted:
                 tick = time.perf_counter()
                 index = torch.tensor(admitted, device=device)
-                target.admit(index, sequences, lengths - 1)
+                hidden = target.admit(index, sequences, lengths - 1, return_hidden=features is not None)
+                if features is not None:
+                    _write_prompt_features(features, index, hidden)
                 if proposer is not None:
-                    proposer.admit(index, sequences, lengths)
+                    proposer.admit(index, sequences, lengths, draft_view())
                 synchronize(device)
                 stats.prefill_seconds += time.perf_counter() - tick
             if len(keep) < len(rows):
@@ -367,6 +422,8 @@ class SpeculativeDecoder:
                 rows, remaining = rows[index], remaining[index]
                 index = index.to(device)
                 sequences, lengths = sequences[index], lengths[index]
+                if features is not None:
+                    features = features[index]
                 target.keep_rows(index)
                 if proposer is not None:
                     proposer.keep_rows(index)
@@ -377,7 +434,26 @@ class SpeculativeDecoder:
         stats.draft_forwards = proposer.draft_forwards if proposer is not None else 0
         stats.total_seconds = time.perf_counter() - started - stats.compile_seconds
         top_logprobs_out = [_joined(row) for row in tops] if top_logprobs else None
-        return GenerationOutput(outputs, stats, top_logprobs_out)
+        features_out = [finished_features[i] for i in range(len(prompts))] if return_features else None
+        return GenerationOutput(outputs, stats, top_logprobs_out, features_out)
+
+
+def _write_prompt_features(features: torch.Tensor, rows: torch.Tensor, hidden: torch.Tensor | None) -> None:
+    """The prefill's hidden states (R, T, F) at positions 0 .. T-1 of rows ``rows`` are the features of their tokens
+    1 .. T (positions past a row's prompt hold padding's states: beyond its committed tokens, overwritten by the
+    first step before anyone reads them)."""
+    if hidden is not None and hidden.shape[1]:
+        features[rows, 1 : 1 + hidden.shape[1]] = hidden.to(features.dtype)
+
+
+_SAID: set[str] = set()
+
+
+def _say_once(line: str) -> None:
+    """One line on stderr per process: a benchmark builds a decoder per method and K over the same pair."""
+    if line not in _SAID:
+        _SAID.add(line)
+        print(f"pard: {line}", file=sys.stderr)
 
 
 def _matmul_of(lms: list[LanguageModel]) -> str:

@@ -84,14 +84,14 @@ def has_cxx_compiler() -> bool:
 
 # A model's static caches, kept for as long as the model lives (a StaticLM holds its submodules, not the model, so
 # the entry goes when the model does); the model object itself is left untouched (copies and pickles stay clean).
-_STATIC_LMS: weakref.WeakKeyDictionary[PreTrainedModel, dict[tuple[str, int, bool, bool], StaticLM]] = (
+_STATIC_LMS: weakref.WeakKeyDictionary[PreTrainedModel, dict[tuple, StaticLM]] = (
     weakref.WeakKeyDictionary()
 )
 
 
 def open_lm(
     engine: str, role: str, model: PreTrainedModel, batch_size: int, capacity: int, buckets: tuple[int, ...],
-    matmul: str = "auto",
+    matmul: str = "auto", hidden_layers: tuple[int, ...] = (), reads_features: bool = False,
 ) -> LanguageModel:
     """The language model of ``role`` (``"target"``, ``"draft"``) for one generation on one engine path.
 
@@ -101,24 +101,27 @@ def open_lm(
     steps: a pass width met before never compiles again, a new one (``buckets`` it lacks) compiles once, and only a
     generation needing more slots than the kept cache has gets a bigger one (compiled anew). One model's static
     caches serve one generation at a time. ``matmul`` (``auto``, ``kernel``, ``library``): see
-    :func:`pard.kernels.use_kernel`.
+    :func:`pard.kernels.use_kernel`. ``hidden_layers``: a target's passes can return these layers' hidden states;
+    ``reads_features``: a feature draft's passes read the target's (:mod:`pard.target_features`).
     """
     if engine == "eager":
-        return CachedLM(model, batch_size)
+        return CachedLM(model, batch_size, hidden_layers, reads_features)
     compiled = engine == "compiled"
     small_rows = use_kernel(matmul, model.get_input_embeddings().weight)
     kept = _STATIC_LMS.setdefault(model, {})
-    key = (role, batch_size, compiled, small_rows)
+    key = (role, batch_size, compiled, small_rows, tuple(hidden_layers), reads_features)
     lm = kept.get(key)
     if lm is None or lm.capacity < capacity + max(buckets):
         capacity = round_up(capacity + max(buckets), CAPACITY_STEP)  # + one pass, padded
-        lm = kept[key] = StaticLM(model, batch_size, capacity, buckets, compile=compiled, small_rows=small_rows)
+        lm = kept[key] = StaticLM(model, batch_size, capacity, buckets, compile=compiled, small_rows=small_rows,
+                                  hidden_layers=tuple(hidden_layers), reads_features=reads_features)
     else:
         lm.reset()
         lm.add_buckets(buckets)
     return lm
 
 
-def kept_static_lms(model: PreTrainedModel) -> dict[tuple[str, int, bool, bool], StaticLM]:
-    """The static caches kept for ``model``, by (role, batch size, compiled, small-row kernel)."""
+def kept_static_lms(model: PreTrainedModel) -> dict[tuple, StaticLM]:
+    """The static caches kept for ``model``, by (role, batch size, compiled, small-row kernel, hidden layers, reads
+    features)."""
     return dict(_STATIC_LMS.get(model, {}))

@@ -33,7 +33,8 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from ..draft_vocab import subset_head_of
-from .lm import PAD_ID, ragged_slices
+from ..target_features import adapter_of
+from .lm import PAD_ID, ragged_features, ragged_slices
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 RECOMPILE_LIMIT = 256
@@ -107,12 +108,16 @@ class _Decoder(nn.Module):
     a pass of a few rows streams each weight once (README, *Verification at the memory bound*).
     """
 
-    def __init__(self, model: PreTrainedModel, batch_size: int, capacity: int, small_rows: bool = False):
+    def __init__(self, model: PreTrainedModel, batch_size: int, capacity: int, small_rows: bool = False,
+                 hidden_layers: tuple[int, ...] = (), reads_features: bool = False):
         super().__init__()
         inner = model.model
         config = model.config
         self.embed_tokens, self.layers, self.norm = inner.embed_tokens, inner.layers, inner.norm
         self.rotary_emb = inner.rotary_emb
+        # transformers' hidden_states: 0 = embeddings, i = after layer i - 1, L = the last layer after the norm
+        self.hidden_at = tuple(i % (len(self.layers) + 1) for i in hidden_layers)
+        self.adapter = adapter_of(model) if reads_features else None
         group = _small_row_linear if small_rows else _Each
 
         def linears(layer, names):
@@ -139,17 +144,21 @@ class _Decoder(nn.Module):
     def caches(self):
         return [(getattr(self, f"k_{i}"), getattr(self, f"v_{i}")) for i in range(len(self.layers))]
 
-    def forward(self, input_ids, positions, slots, attend, logits_at, rows=None):
+    def forward(self, input_ids, positions, slots, attend, logits_at, rows=None, features=None):
         """input_ids, positions (B, T); slots (T,) where the T new keys go; attend (B, 1, T, S) bool over the first
         S slots of the buffers (S_max in compiled steps, one shape; eager passes give only the slots in use, so
         attention reads a few hundred slots, not the whole buffer); logits_at (B, n) indices into T whose logits
         are returned -> (B, n, V). ``rows`` (R,): a pass over those buffer rows only (B = R; eager, to prefill newly
-        admitted prompts)."""
+        admitted prompts). ``features`` (B, T, F): target features a feature draft adds to its embeddings. With
+        ``hidden_at`` (a target feeding such a draft) it returns (logits, the chosen hidden states (B, T, F))."""
         hidden = self.embed_tokens(input_ids)  # (B, T, D_model)
+        if self.adapter is not None:  # token embedding + scale * W f (paper PARD-2; zero features add nothing)
+            hidden = hidden + self.adapter(features).to(hidden.dtype)
         cos, sin = self.rotary_emb(hidden, positions)  # (B, T, D)
         batch_size, num_new = input_ids.shape
         span = attend.shape[-1]  # S: the slots attended to
-        for layer, proj, (k_all, v_all) in zip(self.layers, self.proj, self.caches()):
+        states = [hidden] if 0 in self.hidden_at else []
+        for index, (layer, proj, (k_all, v_all)) in enumerate(zip(self.layers, self.proj, self.caches()), 1):
             k_cache, v_cache = (k_all, v_all) if rows is None else (k_all[rows], v_all[rows])  # (B, H_kv, S_max, D)
             attn = layer.self_attn
             q, k, v = proj["qkv"](layer.input_layernorm(hidden))
@@ -169,9 +178,16 @@ class _Decoder(nn.Module):
             hidden = hidden + proj["o"](out.transpose(1, 2).reshape(batch_size, num_new, -1))
             gate, up = proj["gate_up"](layer.post_attention_layernorm(hidden))
             hidden = hidden + proj["down"](layer.mlp.act_fn(gate) * up)  # the gated MLP
+            if index in self.hidden_at and index < len(self.layers):
+                states.append(hidden)
         hidden = self.norm(hidden)
         picked = hidden.gather(1, logits_at[..., None].expand(-1, -1, hidden.shape[-1]))  # (B, n, D_model)
-        return self.lm_head(picked)  # (B, n, V)
+        logits = self.lm_head(picked)  # (B, n, V)
+        if not self.hidden_at:
+            return logits
+        by_index = dict(zip(sorted(i for i in self.hidden_at if i < len(self.layers)), states))
+        by_index[len(self.layers)] = hidden
+        return logits, torch.cat([by_index[i] for i in self.hidden_at], dim=-1)  # (B, T, F)
 
 
 class StaticLM:
@@ -190,13 +206,17 @@ class StaticLM:
     """
 
     def __init__(self, model: PreTrainedModel, batch_size: int, capacity: int, buckets=(1,), compile=False,
-                 small_rows: bool = False):
+                 small_rows: bool = False, hidden_layers: tuple[int, ...] = (), reads_features: bool = False):
         self.device = model.device  # (no reference to the model itself: its submodules are enough)
         self.batch_size = batch_size
         self.capacity = capacity
         self.buckets = tuple(sorted(set(buckets)))
         self.small_rows = small_rows
-        self.decoder = _Decoder(model, batch_size, capacity, small_rows).eval()
+        self.hidden_layers = tuple(hidden_layers)
+        self.reads_features = reads_features and adapter_of(model) is not None
+        self._feature_size = adapter_of(model).proj.in_features if self.reads_features else 0
+        self.decoder = _Decoder(model, batch_size, capacity, small_rows, self.hidden_layers,
+                                self.reads_features).eval()
         self.step = self.decoder
         self.compiled = bool(compile)
         self.compile_seconds = 0.0  # first passes of each shape through the compiled step
@@ -234,13 +254,15 @@ class StaticLM:
         """(B',) number of real tokens cached per active row (= the position of the row's next token)."""
         return self.slot_mask[self.active].sum(dim=1)
 
-    def forward(self, input_ids: torch.Tensor, logits_to_keep: int = 0, logits_at: torch.Tensor | None = None):
+    def forward(self, input_ids: torch.Tensor, logits_to_keep: int = 0, logits_at: torch.Tensor | None = None,
+                features: torch.Tensor | None = None, return_hidden: bool = False):
         """Append input_ids (B', T) after each active row's real tokens; return logits (B', T, V), only the last
-        ``logits_to_keep`` positions when > 0, or only the positions ``logits_at`` (B', n) when given."""
-        return self._forward(input_ids, logits_to_keep, logits_at, compiled=True)
+        ``logits_to_keep`` positions when > 0, or only the positions ``logits_at`` (B', n) when given.
+        ``features`` (B', T, F) for a draft that reads them; ``return_hidden``: (logits, hidden (B', T, F))."""
+        return self._forward(input_ids, logits_to_keep, logits_at, True, features, return_hidden)
 
     @torch.inference_mode()
-    def _forward(self, input_ids, logits_to_keep, logits_at, compiled: bool):
+    def _forward(self, input_ids, logits_to_keep, logits_at, compiled: bool, features=None, return_hidden=False):
         num_rows, num_new = input_ids.shape
         width = self._bucket(num_new)  # T padded to a bucket
         if self.size + width > self.capacity:
@@ -268,12 +290,19 @@ class StaticLM:
         step = self.step if compiled and width in self.buckets else self.decoder  # prefill passes stay eager
         if step is self.decoder:  # no fixed shape to keep: attend to the slots in use only (rounded: fewer sizes)
             attend = attend[..., : min(round_up(self.size + width, SPAN_STEP), self.capacity)]
-        logits = self._run(step, ids, positions, slots, attend, picks)  # (B, n_b, V)
+        padded = None
+        if self.reads_features:  # (B, T_b, F): zeros for finished rows, padding and a target-independent pass
+            padded = torch.zeros(self.batch_size, width, self._feature_size, device=self.device)
+            if features is not None:
+                padded[self.active, :num_new] = features.to(self.device, padded.dtype)
+        out = self._run(step, ids, positions, slots, attend, picks, padded)  # (B, n_b, V) [+ (B, T_b, F)]
         self.size += width
         if width > num_new:  # the padding never counts as real
             self.slot_mask[:, self.size - width + num_new : self.size] = False
             self._shrink()
-        return logits[self.active, :num_logits]
+        logits, hidden = out if self.hidden_layers else (out, None)
+        logits = logits[self.active, :num_logits]
+        return (logits, hidden[self.active, :num_new]) if return_hidden else logits
 
     def add_buckets(self, buckets) -> None:
         """Also specialise to these pass widths (each new one compiles once, on first use)."""
@@ -283,25 +312,31 @@ class StaticLM:
         """The smallest bucket holding ``num_tokens``, or ``num_tokens`` itself past the largest."""
         return next((b for b in self.buckets if b >= num_tokens), num_tokens)
 
-    def _run(self, step, *inputs):
+    def _run(self, step, ids, positions, slots, attend, picks, features):
         """One pass; the first pass of each new shape through a compiled step is timed as compile time."""
-        shape = tuple(inputs[0].shape) + tuple(inputs[-1].shape)  # (B, T_b, B, n_b)
+        inputs = (ids, positions, slots, attend, picks)
+        if features is not None:
+            return self._run_once(step, inputs, {"features": features})
+        return self._run_once(step, inputs, {})
+
+    def _run_once(self, step, inputs, kwargs):
+        shape = tuple(inputs[0].shape) + tuple(inputs[4].shape)  # ids (B, T_b) and picks (B, n_b)
         if step is self.decoder:
-            return step(*inputs)
+            return step(*inputs, **kwargs)
         if shape in self._seen_shapes:
             # This step has a graph for this shape: let dynamo check only the guards that tell its graphs apart
             # (0.4-0.6 ms of a 3 ms step otherwise, dozens of checks per weight). It still raises, before running
             # anything, rather than run a wrong graph if an input ever needed a new one.
             try:
                 with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
-                    return step(*inputs)
+                    return step(*inputs, **kwargs)
             except RuntimeError as err:
                 if "skip_guard_eval_unsafe" not in str(err):
                     raise
                 self._seen_shapes.discard(shape)  # dynamo dropped its graphs (torch._dynamo.reset()): compile anew
         started = time.perf_counter()
         with torch._inductor.config.patch(self._inductor_config):
-            out = step(*inputs)
+            out = step(*inputs, **kwargs)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.compile_seconds += time.perf_counter() - started
@@ -323,31 +358,41 @@ class StaticLM:
         self.slot_mask[dropped] = False
         self._shrink()
 
-    def feed(self, sequences: torch.Tensor, ends: torch.Tensor, pad_id: int = PAD_ID, need_logits: bool = True):
+    def feed(self, sequences: torch.Tensor, ends: torch.Tensor, pad_id: int = PAD_ID, need_logits: bool = True,
+             features: torch.Tensor | None = None, return_hidden: bool = False):
         """Read ``sequences[i, lengths[i]:ends[i]]`` for every active row in one forward; return the logits at each
-        row's last token read (B', V), or None when ``need_logits`` is False."""
+        row's last token read (B', V), or None when ``need_logits`` is False. ``features`` (B', L, F) are read at
+        the same slices; ``return_hidden``: (logits or None, hidden states at the positions read (B', T, F))."""
         sequences, ends = sequences.to(self.device), ends.to(self.device)
         start = self.lengths
         ids, counts = ragged_slices(sequences, start, ends, pad_id)  # (B', T), (B',)
         if ids.shape[1] == 0:
-            return None
+            return (None, None) if return_hidden else None
+        pending = ragged_features(features, start, ends) if features is not None else None  # (B', T, F)
         last = (counts - 1).clamp_min(0)[:, None]  # (B', 1)
         # A read that needs no logits is a prefill: once per generation, of any length, so not worth a compiled
         # shape (and a short prompt would otherwise meet a new one).
-        logits = self._forward(ids, 0, last, compiled=need_logits)  # (B', 1, V)
+        out = self._forward(ids, 0, last, need_logits, pending, return_hidden)  # (B', 1, V) [, (B', T, F)]
+        logits, hidden = out if return_hidden else (out, None)
         self.rollback(start + counts)
-        return logits[:, 0] if need_logits else None
+        logits = logits[:, 0] if need_logits else None
+        return (logits, hidden) if return_hidden else logits
 
     @torch.inference_mode()
-    def admit(self, rows: torch.Tensor, sequences: torch.Tensor, ends: torch.Tensor) -> None:
+    def admit(self, rows: torch.Tensor, sequences: torch.Tensor, ends: torch.Tensor,
+              features: torch.Tensor | None = None, return_hidden: bool = False):
         """Active rows ``rows`` (R,) start over on ``sequences[r, :ends[r]]``: an eager pass over their buffer rows
         only, written at the front of the buffer (every slot of a forgotten row is free; the next pass of the whole
-        batch still writes at ``size``, past them)."""
+        batch still writes at ``size``, past them). ``features`` (B', L, F): every active row's token features;
+        ``return_hidden``: return the hidden states at the new prompts' positions (R, T, F)."""
         buffer_rows = self.active[rows.to(self.device)]  # (R,)
         self.slot_mask[buffer_rows] = False
+        if features is not None:
+            features = features.to(self.device)[rows.to(self.device)]
         sequences, ends = sequences.to(self.device)[rows], ends.to(self.device)[rows]
         ids, counts = ragged_slices(sequences, torch.zeros_like(ends), ends)  # (R, T), (R,)
         num_new = ids.shape[1]
+        hidden = None
         if num_new:
             if num_new > self.capacity:
                 raise RuntimeError(f"static KV cache full: a {num_new}-token prompt > capacity {self.capacity}")
@@ -358,10 +403,16 @@ class StaticLM:
             causal = (self._slot_ids[:span] <= slots[:, None]) & (self._slot_ids[:span] < num_new)  # (T, S)
             attend = causal[None, None].expand(len(rows), 1, -1, -1)  # (R, 1, T, S)
             picks = torch.zeros(len(rows), 1, dtype=torch.long, device=self.device)
-            self.decoder(ids, positions, slots, attend, picks, rows=buffer_rows)
+            pending = None
+            if self.reads_features:
+                pending = (ragged_features(features, torch.zeros_like(ends), ends) if features is not None else
+                           torch.zeros(len(rows), num_new, self._feature_size, device=self.device))
+            out = self.decoder(ids, positions, slots, attend, picks, rows=buffer_rows, features=pending)
+            hidden = out[1] if self.hidden_layers else None
             self.slot_mask[buffer_rows, :num_new] = slots < counts[:, None]
         self.size = max(self.size, num_new)
         self._shrink()
+        return hidden if return_hidden else None
 
     def _shrink(self) -> None:
         """Move ``size`` back to just past the last slot any row still uses."""

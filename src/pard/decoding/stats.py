@@ -18,6 +18,7 @@ class GenerationStats:
     adaptive: bool = False  # `-k auto`: k chosen per step (see drafted_lengths)
     engine: str = "eager"  # the engine path that ran (see pard.decoding.engines)
     matmul: str = "library"  # what multiplied the static paths' small-row passes: "kernel (ISA)" or "library"
+    target_features: list[int] | None = None  # the target layers a feature draft read (None: target-independent)
     tokens: int = 0
     speculative_steps: int = 0  # steps that verified at least one draft token (the others decoded plainly)
     target_forwards: int = 0  # verification passes, prefill excluded
@@ -66,7 +67,8 @@ class GenerationStats:
 
     def merged(self, others: list[GenerationStats]) -> GenerationStats:
         """The counters of several generate calls (e.g. the batches of one benchmark pass) added up."""
-        out = GenerationStats(self.method, self.num_draft_tokens, self.adaptive, self.engine, self.matmul)
+        out = GenerationStats(self.method, self.num_draft_tokens, self.adaptive, self.engine, self.matmul,
+                              self.target_features)
         for s in [self, *others]:
             out.tokens += s.tokens
             out.speculative_steps += s.speculative_steps
@@ -88,6 +90,7 @@ class GenerationStats:
             "adaptive": self.adaptive,
             "engine": self.engine,
             "matmul": self.matmul,
+            "target_features": self.target_features,
             "tokens": self.tokens,
             "speculative_steps": self.speculative_steps,
             "target_forwards": self.target_forwards,

@@ -50,6 +50,8 @@ def speculative_step(
     sampling: SamplingConfig,
     generator: torch.Generator | None,
     top_logprobs: int = 0,
+    features: torch.Tensor | None = None,
+    draft_features: torch.Tensor | None = None,
 ) -> StepResult:
     """Draft up to k tokens per row, verify them in one target pass, commit the accepted prefix + one token.
 
@@ -58,13 +60,19 @@ def speculative_step(
     verification pass [x_last, d_1..d_k] -> k + 1 target distributions (the proposer's cache holds at most that).
     ``top_logprobs`` = n > 0 also returns the n most likely tokens of each of those distributions (read only:
     what is committed does not change).
+
+    Target features: ``features`` (B, L, F) holds, at index t, the feature of token t (the target's hidden states
+    h_{t-1}); the verification pass computes h at positions n-1 .. n+k-1, i.e. the features of tokens n .. n+k,
+    written in place (the first a + 1 belong to committed tokens; the rest are overwritten before anyone reads
+    them). ``draft_features`` is what the proposer reads (the same buffer, or the columns of its layers). Only the
+    proposals depend on them: what is committed is decided by the target alone.
     """
     device = sequences.device
     tick = time.perf_counter()
     proposal = offered = None
     if proposer is not None and k > 0 and (chooser is None or chooser.drafting()):
         extra = {"keep_drafting": chooser.keep_drafting} if chooser is not None and chooser.per_token_draft else {}
-        offered = proposer.propose(sequences, lengths, k, sampling, generator, **extra)
+        offered = proposer.propose(sequences, lengths, k, sampling, generator, features=draft_features, **extra)
         synchronize(device)
         k = chooser.choose(offered.confidence) if chooser is not None else offered.draft_ids.shape[1]
         proposal = offered.first(k) if k > 0 else None
@@ -74,7 +82,8 @@ def speculative_step(
     tock = time.perf_counter()
 
     last = sequences.gather(1, (lengths - 1)[:, None])  # (B, 1)
-    logits = target.forward(torch.cat([last, draft_ids], dim=1))  # (B, k+1, V)
+    out = target.forward(torch.cat([last, draft_ids], dim=1), return_hidden=features is not None)
+    logits, hidden = out if features is not None else (out, None)  # (B, k+1, V), (B, k+1, F)
     if sampling.greedy:
         accepted, next_token = greedy_accept(draft_ids, logits)  # Eq. 1 with the argmax as target
     else:
@@ -87,6 +96,8 @@ def speculative_step(
     new_tokens.scatter_(1, accepted[:, None], next_token[:, None])
     write_at = lengths[:, None] + torch.arange(k + 1, device=device)  # (B, k+1)
     sequences.scatter_(1, write_at, new_tokens)
+    if hidden is not None:  # token n + j's feature is h at position n - 1 + j, the j-th position read
+        features.scatter_(1, write_at[..., None].expand(-1, -1, features.shape[-1]), hidden.to(features.dtype))
     if offered is not None:  # a step that did not draft left the proposer's cache as it was: nothing to undo
         proposer.rollback(lengths + accepted)
     synchronize(device)

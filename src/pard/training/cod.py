@@ -51,6 +51,11 @@ class PackedSample:
     # With stored target distributions (--distill-from data): each position's label's top-n, (L, n) each
     teacher_ids: np.ndarray | None = None  # int64, -1 = no entry
     teacher_logprobs: np.ndarray | None = None  # float32
+    # Feature drafts: where each position's target feature comes from (int64, -1 = none): a global row of the
+    # stored features, or a position in the chunk's own target pass. A position's feature is its anchor's, the
+    # state that predicted the anchor token (real tokens: their own predecessor's; a mask chain: its anchor's).
+    feature_rows: np.ndarray | None = None
+    loss_weights: np.ndarray | None = None  # float32 per position (CAT weighting), None: every position weighs 1
 
     def __len__(self) -> int:
         return len(self.input_ids)

@@ -18,7 +18,9 @@ class CODCollator:
     (True = attend) for ``sdpa``/``flex_attention``, additive float (0 / dtype min) for ``eager``. Hugging Face
     models take a 4-D mask as is, so the packed layout needs no model changes. Labels are *not* shifted: the loss
     compares logits[:, t] with labels[:, t]. Batches without mask tokens (K = 1) get no mask: causal is exact.
-    Samples that carry stored target distributions add ``teacher_ids`` and ``teacher_logprobs`` (B, L, n).
+    Samples that carry stored target distributions add ``teacher_ids`` and ``teacher_logprobs`` (B, L, n);
+    samples of a feature draft add ``target_features`` (B, L, F), read from the ``feature_store``, or, without one,
+    ``feature_positions`` (B, L): where to read them in a target pass over ``teacher_input_ids``.
     """
 
     pad_token_id: int = 0
@@ -26,6 +28,7 @@ class CODCollator:
     dtype: torch.dtype = torch.float32
     pad_to_multiple_of: int | None = None
     with_source: bool = False  # also return the real sequences as ``teacher_input_ids`` (B, N), for distillation
+    feature_store: object | None = None  # FeatureStores: samples' feature rows -> ``target_features`` (B, L, F)
 
     def __post_init__(self):
         if self.attn_implementation.startswith("flash_attention"):
@@ -55,6 +58,14 @@ class CODCollator:
         if samples[0].teacher_ids is not None:  # stored target distributions: (B, L, n), padded with no entries
             batch["teacher_ids"] = stack("teacher_ids", -1)
             batch["teacher_logprobs"] = stack("teacher_logprobs", -math.inf)
+        if samples[0].loss_weights is not None:
+            batch["loss_weights"] = stack("loss_weights", 0.0)
+        if samples[0].feature_rows is not None:
+            rows = stack("feature_rows", -1)  # (B, L)
+            if self.feature_store is not None:  # stored features, read now: (B, L, F)
+                batch["target_features"] = self.feature_store.gather(rows.numpy())
+            else:  # positions in the target pass over the real sequences that the trainer runs
+                batch["feature_positions"] = rows
         if self.with_source:
             source = torch.full((len(samples), max(len(s.source_ids) for s in samples)), self.pad_token_id)
             for i, s in enumerate(samples):

@@ -15,7 +15,8 @@ from itertools import accumulate
 from ..errors import InvalidArgumentError
 
 MIN_DRAFT_VOCAB = 16  # --draft-vocab below this is a head that can say little beyond EOS (a typo, not a choice)
-DISTILL_FROM_DATA = "data"  # --distill-from data: the target's distributions stored by pard regenerate
+DISTILL_FROM_DATA = "data"
+FEATURES_FROM_DATA = "data"  # --target-features data: the hidden states stored by pard regenerate --store-features  # --distill-from data: the target's distributions stored by pard regenerate
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,24 @@ class TrainConfig:
                                         "directory named data: ./data)",
                                 "metavar": "TARGET"}
     )
+    target_features: str | None = field(
+        default=None, metadata={"help": "train a feature draft: one that also reads the target's hidden states "
+                                        "(pard.target_features). 'data': the states stored by `pard regenerate "
+                                        "--store-features`, so the target never runs in training; or a TARGET "
+                                        "model, run over every batch (a GPU's way)", "metavar": "data|TARGET"})
+    feature_layers: list[int] | None = field(
+        default=None, metadata={"help": "with --target-features TARGET: the target layers read (indices into its "
+                                        "hidden states, 0 = embeddings, -1 = the last; default -1); with data: "
+                                        "some of the stored ones (default all)", "metavar": "LAYER"})
+    feature_scale: float = field(default=0.02, metadata={
+        "help": "the adapter's output scale: the features enter as a small perturbation of the embeddings (PARD-2)"})
+    feature_drop: float = field(default=0.1, metadata={
+        "help": "share of training samples that see no features, so the draft also runs target-independently"})
+    ce_weight: float = field(default=1.0, metadata={"help": "weight of the cross-entropy term (PARD-2: 0.1 with "
+                                                             "--kd-weight 1)"})
+    cat_weighting: bool = field(default=False, metadata={
+        "help": "weight each position by the target's probability of the tokens its masks stand for (PARD-2's "
+                "CAT), from the top-N stored by `pard regenerate --top-logprobs N`"})
     kd_weight: float = field(default=1.0, metadata={"help": "weight of the distillation term"})
     kd_temperature: float = field(default=1.0, metadata={"help": "softmax temperature of the distillation term"})
 
@@ -160,6 +179,13 @@ class TrainConfig:
              f"--max-seq-len {self.data_config.max_seq_len} is below K + 1 = {self.cod.num_draft_tokens + 1}: "
              "every sequence needs a position for each of the K subtasks"),
             (bool(self.data), "no training data given (--data)"),
+            (math.isfinite(self.ce_weight) and self.ce_weight >= 0, f"--ce-weight must be >= 0, got {self.ce_weight}"),
+            (math.isfinite(self.feature_drop) and 0 <= self.feature_drop <= 1,
+             f"--feature-drop must be in [0, 1], got {self.feature_drop}"),
+            (math.isfinite(self.feature_scale) and self.feature_scale > 0,
+             f"--feature-scale must be > 0, got {self.feature_scale}"),
+            (self.feature_layers is None or self.target_features is not None,
+             "--feature-layers needs --target-features (data or TARGET)"),
             (self.draft_vocab == 0 or self.draft_vocab >= MIN_DRAFT_VOCAB,
              f"--draft-vocab {self.draft_vocab} is too small to propose anything useful (the end-of-text token "
              f"alone takes a row): give at least {MIN_DRAFT_VOCAB}, or 0 for the full vocabulary"),
@@ -181,4 +207,5 @@ class TrainConfig:
                 "retention": self.cod.retention, "min_retention": self.cod.min_retention,
                 "max_seq_len": self.data_config.max_seq_len, "slice_layers": self.slice_layers,
                 "draft_vocab": self.draft_vocab, "freeze_embeddings": self.freeze_embeddings,
-                "group_by_length": self.group_by_length}
+                "group_by_length": self.group_by_length, "target_features": self.target_features,
+                "feature_drop": self.feature_drop}

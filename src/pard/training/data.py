@@ -16,7 +16,10 @@ import datasets
 from ..errors import DataError
 from ..prompts import render_chat
 from .config import DataConfig
+from ..feature_store import FEATURES_FIELD, align_features
 from .stored_teacher import RECORD_FIELD, TEACHER_IDS, TEACHER_LOGPROBS, align_rows
+
+TARGET_FEATURE = "target_feature"  # per token: the global row of its stored target feature, -1 for none
 
 _BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text"}
 
@@ -87,31 +90,42 @@ def check_json_file(path: Path) -> None:
 
 
 def tokenize_records(records: datasets.Dataset, tokenizer, config: DataConfig, source: str,
-                     stored_teacher: bool = False) -> datasets.Dataset:
+                     stored_teacher: bool = False, feature_offset: int | None = None) -> datasets.Dataset:
     """Records -> ``input_ids`` and ``trainable`` (per-token bool: is this token a training target); with
     ``stored_teacher``, also the target's stored distributions per token (:mod:`.stored_teacher`; none for records
-    without them, e.g. original data mixed with regenerated)."""
+    without them, e.g. original data mixed with regenerated); with ``feature_offset`` (not None), the global row of
+    each token's stored target feature, -1 where there is none (:func:`pard.feature_store.align_features`; a
+    source without stored features has offset -1: every token -1)."""
     columns = records.column_names
     if config.messages_field in columns:
         if not getattr(tokenizer, "chat_template", None):
             raise DataError(f"{source}: chat records ('{config.messages_field}') need a tokenizer with a chat template")
-        fn = _ChatEncoder(tokenizer, config, source, stored_teacher)
+        fn = _ChatEncoder(tokenizer, config, source, stored_teacher, feature_offset)
     elif config.text_field in columns:
-        fn = _TextEncoder(tokenizer, config, source, stored_teacher)
+        fn = _TextEncoder(tokenizer, config, source, stored_teacher, feature_offset)
     else:
         raise DataError(
             f"{source}: records have neither a '{config.text_field}' nor a '{config.messages_field}' field "
             f"(fields: {', '.join(columns) or 'none'}); choose the field with --text-field"
         )
     features = None
-    if stored_teacher:  # declared: a batch whose rows are all empty would otherwise be typed list<null>
-        features = datasets.Features({
-            "input_ids": datasets.List(datasets.Value("int64")), "trainable": datasets.List(datasets.Value("bool")),
-            TEACHER_IDS: datasets.List(datasets.List(datasets.Value("int64"))),
-            TEACHER_LOGPROBS: datasets.List(datasets.List(datasets.Value("float32"))),
-        })
+    if stored_teacher or feature_offset is not None:  # declared: all-empty rows would be typed list<null>
+        columns_types = {"input_ids": datasets.List(datasets.Value("int64")),
+                         "trainable": datasets.List(datasets.Value("bool"))}
+        if stored_teacher:
+            columns_types[TEACHER_IDS] = datasets.List(datasets.List(datasets.Value("int64")))
+            columns_types[TEACHER_LOGPROBS] = datasets.List(datasets.List(datasets.Value("float32")))
+        if feature_offset is not None:
+            columns_types[TARGET_FEATURE] = datasets.List(datasets.Value("int64"))
+        features = datasets.Features(columns_types)
     return records.map(fn, with_indices=True, remove_columns=columns, features=features,
                        desc=f"tokenizing {source}")
+
+
+def _feature_rows(ids, completions, offset: int | None) -> dict:
+    if offset is None:
+        return {}
+    return {TARGET_FEATURE: align_features(ids, completions, offset) if offset >= 0 else [-1] * len(ids)}
 
 
 @dataclass
@@ -120,6 +134,7 @@ class _TextEncoder:
     config: DataConfig
     source: str
     stored_teacher: bool = False
+    feature_offset: int | None = None
 
     def __call__(self, record, index):
         text = record[self.config.text_field]
@@ -131,6 +146,8 @@ class _TextEncoder:
         out = {"input_ids": ids, "trainable": [True] * len(ids)}
         if self.stored_teacher:  # a continuation starts after its prompt's tokens
             out.update(align_rows(ids, ((e["offset"], e) for e in record.get(RECORD_FIELD) or [])))
+        out.update(_feature_rows(ids, [(e["offset"], e) for e in record.get(FEATURES_FIELD) or []],
+                                 self.feature_offset))
         return out
 
 
@@ -140,6 +157,7 @@ class _ChatEncoder:
     config: DataConfig
     source: str
     stored_teacher: bool = False
+    feature_offset: int | None = None
 
     def __call__(self, record, index):
         messages = record[self.config.messages_field]
@@ -147,7 +165,7 @@ class _ChatEncoder:
             raise DataError(f"{self.source}: record {index} has no valid messages (need role and content)")
         ids = render_chat(self.tokenizer, messages)
         out = {"input_ids": ids, "trainable": [True] * len(ids)}
-        if not (self.config.assistant_only or self.stored_teacher):
+        if not (self.config.assistant_only or self.stored_teacher or self.feature_offset is not None):
             return out
         spans = self._assistant_spans(messages, ids, index)
         if self.config.assistant_only:
@@ -157,6 +175,8 @@ class _ChatEncoder:
         if self.stored_teacher:  # a regenerated turn starts where the template's generation prompt ends
             out.update(align_rows(ids, ((spans[e["message"]][0], e) for e in record.get(RECORD_FIELD) or []
                                         if e["message"] in spans)))
+        out.update(_feature_rows(ids, [(spans[e["message"]][0], e) for e in record.get(FEATURES_FIELD) or []
+                                       if e["message"] in spans], self.feature_offset))
         return out
 
     def _assistant_spans(self, messages, ids, index) -> dict[int, tuple[int, int]]:
@@ -200,10 +220,11 @@ def chunk_sequences(tokenized: datasets.Dataset, config: DataConfig, min_len: in
 
 
 def load_training_sequences(specs: list[str], tokenizer, config: DataConfig, num_draft_tokens: int,
-                            stored_teacher: bool = False):
+                            stored_teacher: bool = False, feature_offsets: dict[str, int] | None = None):
     """All sources -> one dataset of chunks with ``input_ids`` and ``trainable`` (and, with ``stored_teacher``, the
-    target's stored rows); clear errors when nothing is usable. A chunk needs at least K + 1 tokens so every subtask
-    has a position."""
+    target's stored rows; with ``feature_offsets`` (spec -> its first global feature row, -1 for a source without
+    stored features), each token's feature row); clear errors when nothing is usable. A chunk needs at least
+    K + 1 tokens so every subtask has a position."""
     if not specs:
         raise DataError("no training data given")
     min_len = num_draft_tokens + 1
@@ -212,7 +233,8 @@ def load_training_sequences(specs: list[str], tokenizer, config: DataConfig, num
         records = load_records(spec, config.split)
         if len(records) == 0:
             raise DataError(f"{spec}: no records")
-        parts.append(tokenize_records(records, tokenizer, config, spec, stored_teacher))
+        offset = feature_offsets.get(spec, -1) if feature_offsets is not None else None
+        parts.append(tokenize_records(records, tokenizer, config, spec, stored_teacher, offset))
     tokenized = datasets.concatenate_datasets(parts)
     chunks = chunk_sequences(tokenized, config, min_len)
     if len(chunks) == 0:

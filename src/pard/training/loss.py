@@ -10,14 +10,35 @@ from ..vocab import align_vocab
 from .cod import IGNORE_INDEX
 
 
-def pard_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def pard_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Mean cross-entropy over every trained position of the packed batch — all K subtasks pooled (the sum of
     Eq. 8's per-subtask losses, weighted by how many positions COD kept of each). Labels are not shifted.
 
     logits (..., V), labels (...): (B, L, V) and (B, L), or (M, V) and (M,) for the trained positions alone.
+    ``weights`` (like labels): a weighted mean instead, sum(w ce) / sum(w) (CAT weighting: :func:`cat_weights`).
     """
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
-                           ignore_index=IGNORE_INDEX)
+    if weights is None:
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                               ignore_index=IGNORE_INDEX)
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                         ignore_index=IGNORE_INDEX, reduction="none")
+    w = weights.reshape(-1).float() * (labels.reshape(-1) != IGNORE_INDEX)
+    return (ce * w).sum() / w.sum().clamp_min(1e-6)
+
+
+def cat_weights(gold_logprobs, anchors, depths):
+    """PARD-2's CAT weights of a packed sample: the d-th mask of a chain anchored at x_j predicts x_{j+d+1} as if
+    x_{j+1} .. x_{j+d} had been accepted, which the target does with probability prod_i p(x_{j+i}); weighting each
+    position by it spends the draft's capacity where verification will reach. Real tokens (d = 0) weigh 1.
+
+    gold_logprobs (N,): log p_target(x_t | x_<t) of each token of the sequence (0 where unknown: no information,
+    no down-weighting); anchors, depths (L,) -> (L,) float32.
+    """
+    import numpy as np
+
+    cumulative = np.concatenate([[0.0], np.cumsum(gold_logprobs)])  # cumulative[t] = sum of the first t
+    last = np.minimum(anchors + depths, len(gold_logprobs) - 1)
+    return np.exp(cumulative[last + 1] - cumulative[anchors + 1]).astype(np.float32)
 
 
 def teacher_distributions(teacher_logits: torch.Tensor, position_ids: torch.Tensor,
@@ -62,6 +83,7 @@ def kd_loss(
 
 def stored_kd_loss(
     student_logits: torch.Tensor, top_ids: torch.Tensor, top_logprobs: torch.Tensor, temperature: float = 1.0,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """T^2 * mean over rows with a stored entry of KL(p_top || softmax(student/T)), where p_top is the teacher's
     softmax(logits/T) restricted to its stored top-n tokens and renormalised there.
@@ -77,5 +99,7 @@ def stored_kd_loss(
     log_p = torch.where(valid, top_logprobs.float() / t, -1e4).log_softmax(dim=-1)  # finite, so no NaN gradients
     p = log_p.exp() * valid  # a row without entries weighs nothing
     kl = (p * (log_p - log_q)).sum(dim=-1)  # (M,)
-    rows = valid.any(dim=-1)
-    return (kl * rows).sum() / rows.sum().clamp_min(1) * t * t
+    rows = valid.any(dim=-1).float()
+    if weights is not None:  # CAT weighting, as for the cross-entropy
+        rows = rows * weights.float()
+    return (kl * rows).sum() / rows.sum().clamp_min(1e-6) * t * t

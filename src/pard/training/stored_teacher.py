@@ -77,3 +77,15 @@ def coverage(chunks) -> tuple[int, int, int]:
             covered += bool(trainable and row)
             width = max(width, len(row))
     return covered, total, width
+
+
+def gold_logprobs(chunk: dict) -> np.ndarray:
+    """Per token t of a chunk, log p_target(x_t | x_<t) from its stored row: the logprob of x_t among the stored
+    top-N; 0 where the token has no row (no information), and the row's smallest logprob where x_t is not in it
+    (it had at most that)."""
+    ids, rows_ids, rows_logprobs = chunk["input_ids"], chunk[TEACHER_IDS], chunk[TEACHER_LOGPROBS]
+    out = np.zeros(len(ids), dtype=np.float64)
+    for t, (token, row_ids, row_logprobs) in enumerate(zip(ids, rows_ids, rows_logprobs)):
+        if row_ids:
+            out[t] = row_logprobs[row_ids.index(token)] if token in row_ids else min(row_logprobs)
+    return out

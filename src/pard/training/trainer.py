@@ -23,16 +23,18 @@ from transformers.trainer_callback import ProgressCallback
 from ..base_weights import base_reference, check_base, drop_base_tensors
 from ..draft_vocab import attach_subset_head, most_frequent_tokens, subset_head_of
 from ..errors import DataError
+from ..feature_store import open_feature_stores
 from ..files import apply_umask, atomic_write_text
 from ..mask_tokens import choose_mask_token, mark_parallel_draft
 from ..models import load_model, load_tokenizer, resolve_device
 from ..slicing import parse_layers, slice_layers
+from ..target_features import adapter_of, attach_adapter, select_layers, target_record
 from ..vocab import check_tokenizers
 from .cod import IGNORE_INDEX, CODConfig, build_cod_sample
 from .collator import CODCollator
-from .config import DISTILL_FROM_DATA, TrainConfig
-from .data import load_training_sequences
-from .loss import draft_columns, kd_loss, pard_loss, stored_kd_loss, teacher_distributions
+from .config import DISTILL_FROM_DATA, FEATURES_FROM_DATA, TrainConfig
+from .data import TARGET_FEATURE, load_training_sequences
+from .loss import cat_weights, draft_columns, kd_loss, pard_loss, stored_kd_loss, teacher_distributions
 from .rundir import (
     CHECKPOINT_PREFIX,
     PROGRESS_FILE,
@@ -44,7 +46,7 @@ from .rundir import (
     read_progress,
 )
 from .sampler import LengthGroupedSampler
-from .stored_teacher import coverage, gather_rows
+from .stored_teacher import coverage, gather_rows, gold_logprobs
 
 
 class CODDataset(torch.utils.data.Dataset):
@@ -52,9 +54,12 @@ class CODDataset(torch.utils.data.Dataset):
     generator seeded with (seed, e, i): random per sample and epoch, identical when a run resumes. With
     ``teacher_width`` n, chunks carry the target's stored distributions and each sample gets its labels' rows."""
 
-    def __init__(self, chunks, cod: CODConfig, mask_token_ids: list[int], seed: int, teacher_width: int = 0):
+    def __init__(self, chunks, cod: CODConfig, mask_token_ids: list[int], seed: int, teacher_width: int = 0,
+                 features: str | None = None, feature_drop: float = 0.0, cat_weighting: bool = False):
         self.chunks, self.cod, self.mask_token_ids, self.seed = chunks, cod, mask_token_ids, seed
         self.teacher_width = teacher_width
+        self.cat_weighting = cat_weighting
+        self.features, self.feature_drop = features, feature_drop  # "stored", "target" or None
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:  # called by :class:`EpochSync` at each epoch, resumed ones included
@@ -74,6 +79,18 @@ class CODDataset(torch.utils.data.Dataset):
         if self.teacher_width:  # position p predicts x_{p+1}: the target's row of token p + 1
             sample.teacher_ids, sample.teacher_logprobs = gather_rows(chunk, sample.position_ids + 1,
                                                                       self.teacher_width)
+        if self.cat_weighting:
+            sample.loss_weights = cat_weights(gold_logprobs(chunk), sample.anchors, sample.depths)
+        if self.features:
+            # Each position reads its anchor's feature, h_{anchor - 1}: the stored row of the anchor token, or the
+            # anchor's predecessor in the chunk's own target pass. A dropped sample sees none (its own generator,
+            # so the COD pattern stays what it was).
+            if self.features == "stored":
+                sample.feature_rows = np.asarray(chunk[TARGET_FEATURE], dtype=np.int64)[sample.anchors]
+            else:
+                sample.feature_rows = sample.anchors - 1
+            if np.random.default_rng([self.seed, self.epoch, int(index), 1]).random() < self.feature_drop:
+                sample.feature_rows = np.full_like(sample.feature_rows, -1)
         return sample
 
 
@@ -99,7 +116,8 @@ class PardTrainer(Trainer):
     checkpoint carries both in ``pard_progress.json``."""
 
     def __init__(self, *args, teacher=None, kd_weight: float = 1.0, kd_temperature: float = 1.0,
-                 progress: dict | None = None, group_by_length: bool = True, **kwargs):
+                 progress: dict | None = None, group_by_length: bool = True, feature_target=None,
+                 feature_layers: tuple[int, ...] = (), ce_weight: float = 1.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.group_by_length = group_by_length
         self.model_accepts_loss_kwargs = False  # our loss is a per-micro-batch mean; let the Trainer scale for GA
@@ -110,7 +128,10 @@ class PardTrainer(Trainer):
         self.segment_start = self.segments[-1]["to_step"] if self.segments else 0
         self.started = time.perf_counter()
         self.teacher = teacher.to(self.args.device).eval().requires_grad_(False) if teacher is not None else None
-        self.kd_weight, self.kd_temperature = kd_weight, kd_temperature
+        self.kd_weight, self.kd_temperature, self.ce_weight = kd_weight, kd_temperature, ce_weight
+        self.feature_target = (feature_target.to(self.args.device).eval().requires_grad_(False)
+                               if feature_target is not None else None)
+        self.feature_layers = feature_layers
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -122,6 +143,11 @@ class PardTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels")  # (B, L)
         teacher_ids = inputs.pop("teacher_input_ids", None)
+        weights = inputs.pop("loss_weights", None)  # (B, L): CAT weighting, or None
+        features = self._target_features(inputs, teacher_ids)
+        if features is not None:  # a feature draft: token embedding + scale * W f (its adapter)
+            embeddings = self.model.get_input_embeddings()(inputs.pop("input_ids"))
+            inputs["inputs_embeds"] = embeddings + adapter_of(self.model)(features).to(embeddings.dtype)
         stored_ids, stored_logprobs = inputs.pop("teacher_ids", None), inputs.pop("teacher_logprobs", None)
         self.tokens_seen += int(labels.numel())
         head, subset = self.model.get_output_embeddings(), subset_head_of(self.model)
@@ -133,7 +159,8 @@ class PardTrainer(Trainer):
         with scores_only(head, trained) if fast else nullcontext():
             outputs = model(**inputs, use_cache=False)
         logits = outputs.logits if fast else outputs.logits[trained]  # (M, V), or (M, N) with a reduced head
-        loss = pard_loss(logits, labels[trained])
+        weights = weights[trained] if weights is not None else None  # (M,)
+        loss = self.ce_weight * pard_loss(logits, labels[trained], weights)
         if self.teacher is not None:
             with torch.no_grad():
                 teacher_logits = self.teacher(input_ids=teacher_ids, use_cache=False).logits  # (B, N_x, V_t)
@@ -144,8 +171,21 @@ class PardTrainer(Trainer):
         if stored_ids is not None:  # the target's top-n stored in the data: (M, n) at the trained positions
             top_ids = stored_ids[trained] if subset is None else subset.to_subset(stored_ids[trained], -1)
             loss = loss + self.kd_weight * stored_kd_loss(logits, top_ids, stored_logprobs[trained],
-                                                          self.kd_temperature)
+                                                          self.kd_temperature, weights)
         return (loss, outputs) if return_outputs else loss
+
+    def _target_features(self, inputs, source_ids) -> torch.Tensor | None:
+        """The batch's target features (B, L, F): read from the stored ones by the collator, or gathered from a
+        target pass over the real sequences (B, N) at each position's feature position (-1: none, zeros)."""
+        features = inputs.pop("target_features", None)
+        positions = inputs.pop("feature_positions", None)
+        if positions is None:
+            return features
+        with torch.no_grad():
+            states = self.feature_target(input_ids=source_ids, output_hidden_states=True, use_cache=False)
+            hidden = select_layers(states.hidden_states, self.feature_layers)  # (B, N, F)
+        index = positions.clamp(0, hidden.shape[1] - 1)[..., None].expand(-1, -1, hidden.shape[-1])  # (B, L, F)
+        return hidden.gather(1, index) * (positions >= 0)[..., None]
 
     def train_seconds(self) -> float:
         return self.seconds_before + time.perf_counter() - self.started
@@ -231,16 +271,34 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
     parallel = config.cod.num_draft_tokens > 1
     mask_ids = choose_mask_token(model, tokenizer, config.mask_token_ids, config.add_mask_token) if parallel else []
     from_data = config.distill_from == DISTILL_FROM_DATA
+    stored_rows = from_data or config.cat_weighting  # the target's top-N stored with the data
+    feature_stores = feature_offsets = feature_target = None
+    if config.target_features == FEATURES_FROM_DATA:  # the target's states stored with the data
+        feature_stores, feature_offsets, record = open_feature_stores(config.data, config.feature_layers)
+    elif config.target_features:  # a target forward over every batch
+        check_tokenizers(load_tokenizer(config.target_features, trust_remote_code=config.trust_remote_code),
+                         tokenizer)
+        feature_target = load_model(config.target_features, dtype="bfloat16" if config.bf16 else torch.float32,
+                                    device="cpu", trust_remote_code=config.trust_remote_code)
+        record = target_record(feature_target, config.feature_layers or [-1], config.target_features)
     chunks = load_training_sequences(config.data, tokenizer, config.data_config, config.cod.num_draft_tokens,
-                                     stored_teacher=from_data)
-    teacher_width = stored_teacher_width(chunks) if from_data else 0
+                                     stored_teacher=stored_rows, feature_offsets=feature_offsets)
+    if feature_offsets is not None:
+        report_feature_coverage(chunks)
+    if stored_rows:
+        width = stored_teacher_width(chunks)  # refuses data without rows where it trains
+    teacher_width = width if from_data else 0
     if config.draft_vocab:  # the N tokens the training text uses most (EOS always: the draft may propose the end)
         trained = ([t for t, m in zip(c["input_ids"], c["trainable"]) if m] for c in chunks)
         keep = most_frequent_tokens(trained, config.draft_vocab,
                                     always=[i for i in (tokenizer.eos_token_id,) if i is not None])
         attach_subset_head(model, keep)
+    if config.target_features:  # zero-initialised: training starts from exactly the plain draft
+        attach_adapter(model, {**record, "scale": config.feature_scale})
     model.train()
-    dataset = CODDataset(chunks, config.cod, mask_ids, config.seed, teacher_width)
+    dataset = CODDataset(chunks, config.cod, mask_ids, config.seed, teacher_width,
+                         features={None: None, FEATURES_FROM_DATA: "stored"}.get(config.target_features, "target"),
+                         feature_drop=config.feature_drop, cat_weighting=config.cat_weighting)
 
     args = TrainingArguments(
         output_dir=str(output),
@@ -275,13 +333,16 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
     collator = CODCollator(
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
         attn_implementation=config.attn_implementation,
-        with_source=teacher is not None,
+        with_source=teacher is not None or feature_target is not None,
+        feature_store=feature_stores,
     )
     progress = read_progress(resume_from)
     trainer = PardTrainer(
         model=model, args=args, train_dataset=dataset, data_collator=collator,
         callbacks=[EpochSync(dataset), *(callbacks or [])], teacher=teacher, kd_weight=config.kd_weight,
         kd_temperature=config.kd_temperature, progress=progress, group_by_length=config.group_by_length,
+        feature_target=feature_target, feature_layers=tuple(record["layers"]) if config.target_features else (),
+        ce_weight=config.ce_weight,
     )
 
     if not config.disable_progress:
@@ -322,6 +383,20 @@ def stored_teacher_width(chunks) -> int:
     return width
 
 
+def report_feature_coverage(chunks) -> None:
+    """How many tokens the stored features reach (refused when none: the records are not what is trained)."""
+    covered = total = 0
+    for rows in chunks[TARGET_FEATURE]:
+        total += len(rows)
+        covered += sum(r >= 0 for r in rows)
+    if not covered:
+        raise DataError("--target-features data: no training token has a stored target feature (what the target "
+                        "read is not what is trained: another tokenizer, or changed texts)")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"pard: target features at {covered:,} of {total:,} training tokens ({covered / total:.1%})",
+              file=sys.stderr)
+
+
 def train_or_resume(config: TrainConfig) -> Path:
     """Train unless ``config.output`` holds a finished run; continue an interrupted one (the staged builds use
     this: a stage that finished is skipped, one that was interrupted resumes)."""
@@ -352,9 +427,13 @@ def training_info(config: TrainConfig, mask_ids, trainer: PardTrainer, result, s
         "train_seconds": round(seconds, 2),
         "final_loss": history[-1] if history else None,
         "distill_from": config.distill_from,
+        "target_features": config.target_features,
+        "feature_drop": config.feature_drop if config.target_features else None,
         "slice_layers": config.slice_layers,
         "draft_vocab": config.draft_vocab,
         "kd_weight": config.kd_weight if config.distill_from else None,
+        "ce_weight": config.ce_weight,
+        "cat_weighting": config.cat_weighting,
         "train_loss": result.training_loss if math.isfinite(result.training_loss) else None,
         "segments": trainer.all_segments(),
         "config": {k: v for k, v in asdict(config).items() if k not in {"cod", "data_config"}},

@@ -22,7 +22,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from ..errors import InvalidArgumentError
 from ..files import atomic_write_text, publish_dir
 from ..training.cod import CODConfig
-from ..training.config import DataConfig, TrainConfig
+from ..training.config import FEATURES_FROM_DATA, DataConfig, TrainConfig
 from ..training.data import load_records
 from ..training.rundir import TRAINING_INFO_FILE, is_finished
 from ..training.trainer import train_or_resume
@@ -179,10 +179,15 @@ def build_zoo(
         _check_recipe(work_dir / f"{name}.recipe.json", (run_dir, init_dir, data_dir), recipe, scale, train_data)
         data = [train_data]
         if recipe.regenerated is not None:
-            data = [str(_regenerate(recipe.regenerated, output, data_dir, tokenizer, scale, train_data))]
+            data = [str(_regenerate(recipe.regenerated, output, data_dir, tokenizer, scale, train_data,
+                                    recipe.target_features))]
         if not is_finished(run_dir):
             if recipe.base is not None and recipe.layers == FAMILY[recipe.base].layers:
-                start_dir = work_dir / recipe.base  # same architecture: adapt the base member as it is
+                # same architecture: adapt the base member as it is (its run, or the member published in output
+                # when this work dir has no run of it: e.g. a new member added to a built family)
+                start_dir = work_dir / recipe.base
+                if not is_finished(start_dir) and (output / recipe.base / "config.json").exists():
+                    start_dir = output / recipe.base
             else:  # from scratch, or a deeper model that starts as the base member's function
                 start_dir = init_dir
                 if not (start_dir / "config.json").exists():
@@ -208,6 +213,8 @@ def build_zoo(
                 logging_steps=max(1, min(25, steps // 10)),
                 bf16=bf16,
                 disable_progress=not progress,
+                target_features=FEATURES_FROM_DATA if recipe.target_features else None,
+                feature_drop=recipe.feature_drop,
             )
             train_or_resume(config)
         _export_member(run_dir, output / name)
@@ -247,8 +254,9 @@ def _check_recipe(record: Path, stage_dirs: tuple[Path, ...], recipe: ModelRecip
 
 
 def _regenerate(regen: RegenerationRecipe, output: Path, data_dir: Path, tokenizer, scale: float,
-                train_data: str) -> Path:
-    """Let the (already built) teacher rewrite corpus windows; greedy, batched AR, resumable (appends records)."""
+                train_data: str, store_features: tuple[int, ...] | None = None) -> Path:
+    """Let the (already built) teacher rewrite corpus windows; greedy, batched AR, resumable (appends records);
+    with ``store_features``, keeping its hidden states at those layers beside the records."""
     from ..regenerate import RegenerateConfig, corpus_windows, regenerate
 
     windows = max(2, math.ceil(regen.windows * scale))
@@ -263,6 +271,7 @@ def _regenerate(regen: RegenerationRecipe, output: Path, data_dir: Path, tokeniz
             target=str(output / regen.teacher), data=[str(source)], output=str(target),
             max_new_tokens=SEQ_LEN - regen.prefix_tokens, prefix_tokens=regen.prefix_tokens,
             batch_size=regen.batch_size, seed=SEED, dtype="float32", device="cpu",
+            store_features=list(store_features) if store_features else None,
         ))
         info = {**asdict(regen), "windows": windows, "seconds": round(time.perf_counter() - started, 2)}
         info_file.write_text(json.dumps(info, indent=2) + "\n")

@@ -50,6 +50,10 @@ class ModelRecipe:
     base: str | None = None  # start from this member's weights (grown in depth if ``layers`` is larger)
     num_draft_tokens: int = 1  # K_train: 1 = ordinary autoregressive training
     regenerated: RegenerationRecipe | None = None  # train on target-regenerated text instead of the raw corpus
+    # A feature draft: the regeneration also stores the teacher's hidden states at these layers, and the draft
+    # learns to read them (pard.target_features)
+    target_features: tuple[int, ...] | None = None
+    feature_drop: float = 0.1
 
 
 FAMILY: dict[str, ModelRecipe] = {
@@ -62,6 +66,12 @@ FAMILY: dict[str, ModelRecipe] = {
     # accepts far more than the same adaptation on the raw corpus, and still serves the smaller targets.
     "pard": ModelRecipe(128, 4, 384, 2, 1, steps=500, learning_rate=1e-3, base="draft", num_draft_tokens=8,
                         regenerated=RegenerationRecipe(teacher="large", windows=1500, prefix_tokens=64)),
+    # zoo:pard's recipe (the same windows, steps and COD layout) for a draft that also reads zoo:large's hidden
+    # states: how much acceptance the target's features buy (README, *Drafts that read the target*).
+    "pard-features": ModelRecipe(128, 4, 384, 2, 1, steps=500, learning_rate=1e-3, base="draft",
+                                 num_draft_tokens=8,
+                                 regenerated=RegenerationRecipe(teacher="large", windows=1500, prefix_tokens=64),
+                                 target_features=(-1, -5, -9)),
 }
 TARGETS = ("small", "medium", "large")
 COD_RETENTION, COD_MIN_RETENTION = 0.7, 0.2

@@ -11,7 +11,7 @@ from .base import DraftModelProposer, Proposal
 class AutoregressiveDraftProposer(DraftModelProposer):
     """k draft forwards per step: P(x_{n+j} | x_0..x_{n+j-1}) with each drafted token fed back (Eq. 6)."""
 
-    def propose(self, sequences, lengths, k, sampling, generator=None, keep_drafting=None):
+    def propose(self, sequences, lengths, k, sampling, generator=None, features=None, keep_drafting=None):
         """``keep_drafting(confidence (B, j))``, when given, is asked after each drafted token j < k whether one
         more is worth its draft pass (`-k auto`'s early stop); the proposal then has fewer than k tokens."""
         # First forward: the committed tokens not read yet (>= 1 per row), ragged, logits at each row's last one.

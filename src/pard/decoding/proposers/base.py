@@ -46,8 +46,9 @@ class Proposer(ABC):
     draft_forwards: int = 0  # draft model forward passes so far (0 for model-free proposers)
 
     @abstractmethod
-    def prefill(self, sequences: torch.Tensor, lengths: torch.Tensor) -> None:
-        """Read the prompts before the first step (everything but each row's last token)."""
+    def prefill(self, sequences: torch.Tensor, lengths: torch.Tensor, features: torch.Tensor | None = None) -> None:
+        """Read the prompts before the first step (everything but each row's last token). ``features`` (B, L, F):
+        the target's feature of each committed token (h_{t-1} for token t), for a draft that reads them."""
 
     @abstractmethod
     def propose(
@@ -57,8 +58,9 @@ class Proposer(ABC):
         k: int,
         sampling: SamplingConfig,
         generator: torch.Generator | None = None,
+        features: torch.Tensor | None = None,
     ) -> Proposal:
-        """Return k draft tokens per row following sequences[i, :lengths[i]]."""
+        """Return k draft tokens per row following sequences[i, :lengths[i]] (``features`` as for prefill)."""
 
     @abstractmethod
     def rollback(self, num_valid: torch.Tensor) -> None:
@@ -69,7 +71,8 @@ class Proposer(ABC):
         """Finished rows leave the batch; keep these row indices."""
 
     @abstractmethod
-    def admit(self, rows: torch.Tensor, sequences: torch.Tensor, lengths: torch.Tensor) -> None:
+    def admit(self, rows: torch.Tensor, sequences: torch.Tensor, lengths: torch.Tensor,
+              features: torch.Tensor | None = None) -> None:
         """Rows ``rows`` (R,) start over on new prompts, sequences[r, :lengths[r]]: forget them, read the prompts
         (as ``prefill`` does)."""
 
@@ -83,8 +86,8 @@ class DraftModelProposer(Proposer):
         self.target_vocab_size = target_vocab_size
         self.report_confidence = report_confidence  # `-k auto` only: greedy confidence costs a softmax over V
 
-    def prefill(self, sequences, lengths):
-        self.lm.feed(sequences, lengths - 1, PAD_ID, need_logits=False)
+    def prefill(self, sequences, lengths, features=None):
+        self.lm.feed(sequences, lengths - 1, PAD_ID, need_logits=False, features=features)
 
     def rollback(self, num_valid):
         self.lm.rollback(torch.minimum(self.lm.lengths, num_valid.to(self.lm.device)))
@@ -92,8 +95,8 @@ class DraftModelProposer(Proposer):
     def keep_rows(self, rows):
         self.lm.keep_rows(rows)
 
-    def admit(self, rows, sequences, lengths):
-        self.lm.admit(rows, sequences, lengths - 1)
+    def admit(self, rows, sequences, lengths, features=None):
+        self.lm.admit(rows, sequences, lengths - 1, features=features)
 
     def pick(
         self, logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator | None
