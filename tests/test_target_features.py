@@ -343,3 +343,26 @@ def test_bench_measures_drafts_side_by_side_with_and_without_features(target, dr
                          f"pard-plain · {tmp_path / 'features'}"}
     assert all(m["mismatches"] == 0 for name, m in rows.items() if name != "ar")
     assert features in (out / "results.md").read_text()
+
+
+def test_reading_some_layers_while_storing_others(target, draft):
+    """regenerate with a feature draft: the target returns the union of the layers; each side gets its own."""
+    decoder = SpeculativeDecoder(target, draft, method="pard", num_draft_tokens=3, engine="static",
+                                 feature_layers=[0])
+    assert decoder.hidden_layers == (-1, 1, 0)
+    out = decoder.generate(PROMPTS, max_new_tokens=8, return_features=True)
+    assert out.sequences == [hf_greedy(target, p, 8) for p in PROMPTS] and out.stats.target_features == LAYERS
+    embeddings = target.get_input_embeddings().weight
+    for prompt, tokens, features in zip(PROMPTS, out.sequences, out.features):
+        sequence = prompt + tokens
+        assert features.shape == (len(sequence) - 1, 64)
+        torch.testing.assert_close(features, embeddings[sequence[:-1]])  # layer 0: the embeddings
+
+
+@pytest.mark.slow
+def test_compiled_steps_with_a_feature_draft_are_lossless(target, draft):
+    decoder = SpeculativeDecoder(target, draft, method="pard", num_draft_tokens=3, engine="compiled")
+    for prompts in (PROMPTS[:1], PROMPTS):
+        out = decoder.generate(prompts, max_new_tokens=MAX_NEW)
+        assert out.stats.target_features == LAYERS
+        assert out.sequences == [hf_greedy(target, p, MAX_NEW) for p in prompts]

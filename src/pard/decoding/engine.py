@@ -30,6 +30,7 @@ from ..vocab import check_compatible, vocab_size
 from .adaptive import VerifyLengthChooser
 from .cache import admits_rows
 from .engines import check_engine, open_lm, resolve_engine
+from .features import RowFeatures
 from .lm import PAD_ID, LanguageModel
 from .proposers import AutoregressiveDraftProposer, ParallelDraftProposer, Proposer
 from .sampling import SamplingConfig
@@ -290,25 +291,17 @@ class SpeculativeDecoder:
         capacity = max(len(p) + b for p, b in zip(prompts, budgets)) + self.num_draft_tokens + 1
         sequences = torch.full((batch_size, capacity), PAD_ID, dtype=torch.long, device=device)  # (B, L)
         lengths = torch.zeros(batch_size, dtype=torch.long, device=device)  # (B,)
-        # The target's feature of each committed token (index t: h_{t-1}; zero at t = 0), riding along with the
-        # rows: written by every target pass, read by a feature draft, kept for return_features.
+        # The target's feature of each committed token, riding along with the rows (pard.decoding.features).
         features = None
         if self.hidden_layers:
-            features = torch.zeros(batch_size, capacity, self._hidden_size * len(self.hidden_layers),
-                                   dtype=self.target.dtype, device=device)  # (B, L, F)
-        draft_width = self._hidden_size * len(self.draft_layers)
-        store_columns = torch.cat([torch.arange(self.hidden_layers.index(layer) * self._hidden_size,
-                                                (self.hidden_layers.index(layer) + 1) * self._hidden_size)
-                                   for layer in self.store_layers]).to(device) if self.store_layers else None
-
-        def draft_view():  # the columns the draft reads (a prefix of the buffer: no copy)
-            return features[..., :draft_width] if draft_width else None
+            features = RowFeatures(self.hidden_layers, self.draft_layers, self.store_layers, self._hidden_size,
+                                   batch_size, capacity, self.target.dtype, device)
 
         def place(j: int, index: int) -> None:
             """Row j of the batch holds prompt ``index`` (its committed tokens so far: the prompt)."""
             sequences[j] = PAD_ID
             if features is not None:
-                features[j] = 0
+                features.clear(j)
             sequences[j, : len(prompts[index])] = torch.tensor(prompts[index], dtype=torch.long)
             lengths[j] = len(prompts[index])
 
@@ -344,12 +337,13 @@ class SpeculativeDecoder:
             chooser.new_generation()
         read = target.feed(sequences, lengths - 1, PAD_ID, need_logits=False, return_hidden=features is not None)
         if features is not None:  # h_0 .. h_{n-2}: the features of tokens 1 .. n-1
-            _write_prompt_features(features, torch.arange(batch_size, device=device), read[1])
+            features.write_prompts(torch.arange(batch_size, device=device), read[1])
+        draft_features = features.draft_view() if features is not None else None
         if chooser is not None:
             chooser.profile(target, lambda: synchronize(device))  # T(1..K+1): the first call of a batch size only
         if proposer is not None and (chooser is None or not chooser.switched_off):
             # (while -k auto decodes plainly, its first probe reads the prompt)
-            proposer.prefill(sequences, lengths, draft_view())
+            proposer.prefill(sequences, lengths, draft_features)
         synchronize(device)
         stats.engine = engine
         stats.matmul = _matmul_of(lms)
@@ -362,7 +356,8 @@ class SpeculativeDecoder:
             k = min(self.num_draft_tokens, int(remaining.max()) - 1)
             compiling = compiled_so_far()
             step = speculative_step(target, proposer, chooser, sequences, lengths, k, sampling, generator,
-                                    top_logprobs, features, draft_view())
+                                    top_logprobs, features.buffer if features is not None else None,
+                                    draft_features)
             # A shape met for the first time compiles inside its pass: that is not decoding time.
             target_compile, *draft_compile = (now - before for now, before in zip(compiled_so_far(), compiling))
             draft_compile = sum(draft_compile)
@@ -395,9 +390,8 @@ class SpeculativeDecoder:
                 if not hit and remaining[j] > 0:
                     keep.append(j)
                     continue
-                if return_features:  # the row's prompt + output tokens but the last: rows 1 .. T - 1
-                    total = len(prompts[row]) + len(outputs[row])
-                    finished_features[row] = features[j, 1:total].index_select(-1, store_columns).cpu()
+                if return_features:
+                    finished_features[row] = features.stored(j, len(prompts[row]) + len(outputs[row]))
                 if on_finish is not None:
                     on_finish(row, outputs[row], _joined(tops[row]) if top_logprobs else None,
                               finished_features.get(row))
@@ -412,9 +406,9 @@ class SpeculativeDecoder:
                 index = torch.tensor(admitted, device=device)
                 hidden = target.admit(index, sequences, lengths - 1, return_hidden=features is not None)
                 if features is not None:
-                    _write_prompt_features(features, index, hidden)
+                    features.write_prompts(index, hidden)
                 if proposer is not None:
-                    proposer.admit(index, sequences, lengths, draft_view())
+                    proposer.admit(index, sequences, lengths, draft_features)
                 synchronize(device)
                 stats.prefill_seconds += time.perf_counter() - tick
             if len(keep) < len(rows):
@@ -423,7 +417,8 @@ class SpeculativeDecoder:
                 index = index.to(device)
                 sequences, lengths = sequences[index], lengths[index]
                 if features is not None:
-                    features = features[index]
+                    features.keep_rows(index)
+                    draft_features = features.draft_view()
                 target.keep_rows(index)
                 if proposer is not None:
                     proposer.keep_rows(index)
@@ -436,14 +431,6 @@ class SpeculativeDecoder:
         top_logprobs_out = [_joined(row) for row in tops] if top_logprobs else None
         features_out = [finished_features[i] for i in range(len(prompts))] if return_features else None
         return GenerationOutput(outputs, stats, top_logprobs_out, features_out)
-
-
-def _write_prompt_features(features: torch.Tensor, rows: torch.Tensor, hidden: torch.Tensor | None) -> None:
-    """The prefill's hidden states (R, T, F) at positions 0 .. T-1 of rows ``rows`` are the features of their tokens
-    1 .. T (positions past a row's prompt hold padding's states: beyond its committed tokens, overwritten by the
-    first step before anyone reads them)."""
-    if hidden is not None and hidden.shape[1]:
-        features[rows, 1 : 1 + hidden.shape[1]] = hidden.to(features.dtype)
 
 
 _SAID: set[str] = set()

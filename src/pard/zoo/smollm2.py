@@ -33,7 +33,7 @@ import torch
 from ..errors import InvalidArgumentError
 from ..files import atomic_write_text, publish_dir
 from ..training.cod import CODConfig
-from ..training.config import DISTILL_FROM_DATA, DataConfig, TrainConfig
+from ..training.config import DISTILL_FROM_DATA, FEATURES_FROM_DATA, DataConfig, TrainConfig
 from ..training.rundir import TRAINING_INFO_FILE
 from ..training.trainer import train_or_resume
 from .publish import SMOLLM2_DRAFT, check_destination, check_scale
@@ -42,6 +42,9 @@ from .recipe import COD_MIN_RETENTION, COD_RETENTION, SEED
 BASE = "zoo:smollm2"
 NAME = SMOLLM2_DRAFT
 MASK_TOKEN = 16  # "<empty_output>": a special token chat answers never contain; reused, so no embedding row is added
+# SmolLM2's layers the draft reads (indices into its hidden states; -1: the last, after the final norm). Chosen on
+# the embedded family (README, *Drafts that read the target*); each layer adds a 576 x 576 projection (0.66 MB bf16).
+FEATURE_LAYERS = (-1,)
 
 
 @dataclass(frozen=True)
@@ -58,10 +61,15 @@ class SmolDraftRecipe:
     learning_rate: float = 1e-3
     kd_weight: float = 1.0  # 0: no distillation term
     top_logprobs: int = 0  # > 0: regeneration stores SmolLM2's top-N, and distillation reads them (no teacher forward)
+    # A feature draft (pard.target_features): the regeneration keeps SmolLM2's hidden states at these layers and the
+    # draft learns to read them (None: a token-only draft, as the drafts before this recipe version)
+    feature_layers: tuple[int, ...] | None = FEATURE_LAYERS
+    feature_drop: float = 0.1
 
 
 RECIPES = {
-    # What `zoo:smollm2-pard` was built with, on a GPU (an H100: 12 minutes of answers, 3 of training).
+    # A GPU's recipe: what the previous, token-only `zoo:smollm2-pard` was built with on an H100 (12 minutes of
+    # answers, 3 of training), plus SmolLM2's features.
     "full": SmolDraftRecipe(),
     # Sized for 2 CPU cores and 2 hours (measured on an AMD EPYC Zen 3): an answer costs ~2 s there (16 rows,
     # continuous batching, compiled steps), so fewer and shorter answers (896 with 256 GSM8K questions: 30
@@ -102,7 +110,7 @@ def prompt_records(path: Path, count: int, extra: list[str]) -> Path:
     return path
 
 
-DATA_FIELDS = ("prompts", "max_new_tokens", "top_logprobs")  # the recipe fields the regenerated data depends on
+DATA_FIELDS = ("prompts", "max_new_tokens", "top_logprobs", "feature_layers")  # what the regenerated data depends on
 
 
 def _claim(record: Path, wanted: dict) -> None:
@@ -130,7 +138,8 @@ def regenerate_answers(work_dir: Path, recipe: SmolDraftRecipe, scale: float, pr
         regenerate(RegenerateConfig(target=BASE, data=[str(source)], output=str(answers),
                                     batch_size=recipe.regenerate_batch, max_new_tokens=recipe.max_new_tokens,
                                     seed=SEED, dtype="float32", device=str(device),
-                                    top_logprobs=recipe.top_logprobs))
+                                    top_logprobs=recipe.top_logprobs,
+                                    store_features=list(recipe.feature_layers) if recipe.feature_layers else None))
         atomic_write_text(info, json.dumps({"records": sum(1 for _ in answers.open()), "device": str(device),
                                             "seconds": round(time.perf_counter() - t0, 1)}) + "\n")
     return answers
@@ -151,6 +160,7 @@ def train_draft(run_dir: Path, answers: Path, recipe: SmolDraftRecipe, scale: fl
         logging_steps=max(1, min(25, steps // 10)), mask_token_ids=[MASK_TOKEN], slice_layers=recipe.layers,
         draft_vocab=recipe.draft_vocab, freeze_embeddings=True, distill_from=_teacher(recipe),
         kd_weight=recipe.kd_weight,
+        target_features=FEATURES_FROM_DATA if recipe.feature_layers else None, feature_drop=recipe.feature_drop,
         bf16=device.type == "cuda", device=str(device), disable_progress=not progress,
     ))
     return run_dir
