@@ -148,3 +148,43 @@ def test_bench_latency(tmp_path, capsys):
     assert set(results) == {"tiny:llama", "tiny:pard"}
     assert all(len(r["ms"]) == 3 and r["ratio"][0] == 1.0 for r in results.values())
     assert (out / "latency.png").stat().st_size > 0 and "n=3" in capsys.readouterr().out
+
+
+def test_the_llama_cpp_peer_is_left_out_in_one_line_without_its_package(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    from helpers import write_tiny_gguf
+    from pard.zoo import zoo_path
+
+    monkeypatch.setenv("PARD_CACHE", str(tmp_path / "cache"))
+    model = tmp_path / "model.gguf"
+    write_tiny_gguf(model, zoo_path("large"))
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp"
+                        else find_spec(name, *a))
+    out = tmp_path / "bench"
+    assert main(["bench", "--targets", str(model), "--methods", "ar", "llama-cpp", "--datasets", "humaneval",
+                 "--num-prompts", "1", "--max-new-tokens", "4", "--repeats", "1", "--output", str(out)]) == 0
+    assert "llama-cpp left out: it needs llama-cpp-python (pip install llama-cpp-python" in capsys.readouterr().err
+    assert {m["method"] for m in json.loads((out / "summary.json").read_text())["measurements"]} == {"ar"}
+
+
+def test_the_llama_cpp_peer_runs_gguf_targets(capsys):
+    assert main(["bench", "--targets", "tiny:llama", "--methods", "ar", "llama-cpp", "--num-prompts", "1"]) == 2
+    assert "runs GGUF targets" in capsys.readouterr().err
+
+
+def test_the_llama_cpp_peer_measures_the_gguf_file(tmp_path, monkeypatch):
+    """Where llama-cpp-python is installed (not in the test extra: it builds llama.cpp from source)."""
+    pytest.importorskip("llama_cpp")
+    from helpers import write_tiny_gguf
+    from pard.zoo import zoo_path
+
+    monkeypatch.setenv("PARD_CACHE", str(tmp_path / "cache"))
+    model = tmp_path / "model.gguf"
+    write_tiny_gguf(model, zoo_path("large"))
+    out = tmp_path / "bench"
+    assert main(["bench", "--targets", str(model), "--methods", "ar", "llama-cpp", "--datasets", "humaneval",
+                 "--num-prompts", "2", "--max-new-tokens", "6", "--repeats", "1", "--output", str(out)]) == 0
+    rows = {m["method"]: m for m in json.loads((out / "summary.json").read_text())["measurements"]}
+    assert rows["llama-cpp"]["tokens"] > 0 and rows["llama-cpp"]["mismatches"] is None  # F32 file: not compared

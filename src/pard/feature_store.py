@@ -175,7 +175,7 @@ def open_feature_stores(specs: list[str], layers: list[int] | None = None) -> tu
         store = FeatureStore(spec)
         stores.append(store)
         offsets[spec], total = total, total + len(store)
-        records[spec] = {k: v for k, v in header.items() if k not in ("row_size", "dtype")}
+        records[spec] = {k: v for k, v in header.items() if k not in ("row_size", "dtype", "scale")}
     if not stores:
         raise DataError("--target-features data: none of the training data has stored target features (write it "
                         "with pard regenerate --store-features LAYERS)")

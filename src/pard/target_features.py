@@ -27,20 +27,26 @@ from torch import nn
 
 FEATURES_KEY = "pard_target_features"  # config: the record of the target the adapter reads (a dict)
 ADAPTER_NAME = "pard_feature_adapter"  # the adapter's submodule name (its weights: pard_feature_adapter.proj.weight)
-DEFAULT_SCALE = 0.02  # PARD-2's feature scale: the features start as a small perturbation of the embeddings
+DEFAULT_SCALE = 1.0  # of W n(f): chosen on the embedded family (README; PARD-2's 0.02 left the adapter unlearned in
+# minutes of CPU training: its output moves 50x more slowly than the draft's own weights under Adam)
 
 
 class FeatureAdapter(nn.Module):
-    """features (..., F) -> (..., H_draft): ``scale * W f`` (W (H_draft, F), no bias: zero features add nothing,
-    so a target-independent pass is exactly the plain draft)."""
+    """features (..., L H) -> (..., H_draft): ``scale * W n(f)``, n normalising each layer's state to unit RMS
+    (hidden states differ in magnitude by orders across layers and models; a feature draft trained for minutes
+    cannot wait for W to find each one's scale). W (H_draft, L H), no bias: zero features add nothing, so a
+    target-independent pass is exactly the plain draft."""
 
-    def __init__(self, feature_size: int, hidden_size: int, scale: float = DEFAULT_SCALE):
+    def __init__(self, feature_size: int, hidden_size: int, scale: float = DEFAULT_SCALE, layers: int = 1):
         super().__init__()
         self.proj = nn.Linear(feature_size, hidden_size, bias=False)
         self.scale = float(scale)
+        self.layers = layers
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.proj(features.to(self.proj.weight.dtype)) * self.scale
+        f = features.to(self.proj.weight.dtype).unflatten(-1, (self.layers, -1))  # (..., L, H)
+        f = f * torch.rsqrt(f.pow(2).mean(-1, keepdim=True) + 1e-6)  # zero stays zero
+        return self.proj(f.flatten(-2)) * self.scale
 
 
 def adapter_of(model) -> FeatureAdapter | None:
@@ -59,7 +65,8 @@ def feature_size(record: dict) -> int:
 def attach_adapter(model, record: dict, *, init_std: float | None = None) -> FeatureAdapter:
     """Give ``model`` (a draft) an adapter for the target ``record`` describes, and record it in the config.
     ``init_std``: a fresh adapter's weights ~ N(0, init_std) (None: zeros, to be loaded)."""
-    adapter = FeatureAdapter(feature_size(record), model.config.hidden_size, record.get("scale", DEFAULT_SCALE))
+    adapter = FeatureAdapter(feature_size(record), model.config.hidden_size, record.get("scale", DEFAULT_SCALE),
+                             len(record["layers"]))
     with torch.no_grad():
         if init_std is None:
             adapter.proj.weight.zero_()
@@ -114,13 +121,13 @@ def target_fingerprint(model) -> str:
     return digest.hexdigest()[:16]
 
 
-def target_record(target, layers: list[int], spec: str | None = None, scale: float = DEFAULT_SCALE) -> dict:
-    """What a feature draft records about the target it reads."""
+def target_record(target, layers: list[int], spec: str | None = None) -> dict:
+    """What a feature draft records about the target it reads (the draft adds its adapter's ``scale``)."""
     config = target.config.get_text_config() if hasattr(target.config, "get_text_config") else target.config
     return {"target": spec, "model_type": config.model_type, "hidden_size": config.hidden_size,
             "num_hidden_layers": config.num_hidden_layers,
             "layers": check_layers(list(layers), config.num_hidden_layers),
-            "fingerprint": target_fingerprint(target), "scale": scale}
+            "fingerprint": target_fingerprint(target)}
 
 
 @dataclass(frozen=True)

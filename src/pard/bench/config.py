@@ -11,7 +11,10 @@ from ..errors import InvalidArgumentError
 # plain draft the same as pard)
 ENGINE_METHODS = ("ar", "vsd", "pard", "pard-plain")
 HF_METHODS = ("hf-ar", "hf-assisted", "hf-prompt-lookup")
-ALL_METHODS = ENGINE_METHODS + HF_METHODS
+# llama.cpp's own AR on a GGUF target (the llama-cpp-python package): a CPU user's alternative
+PEER_METHODS = ("llama-cpp",)
+ARITHMETIC_PEERS = {"llama-cpp"}  # peers whose arithmetic differs by design (quantized): outputs not compared
+ALL_METHODS = ENGINE_METHODS + HF_METHODS + PEER_METHODS
 PARD_METHODS = ("pard", "pard-plain")
 USES_K = {"vsd", "pard", "pard-plain", "hf-assisted", "hf-prompt-lookup"}
 BATCHED = {"ar", "vsd", "pard", "pard-plain", "hf-ar"}  # transformers' assisted/prompt-lookup decoding: batch 1
@@ -28,7 +31,8 @@ class BenchConfig:
     targets: list[str] = field(default_factory=lambda: ["zoo:large"])
     draft: str | list[str] | None = "zoo:pard"  # the parallel draft(s) (methods pard, pard-plain), side by side
     ar_draft: str | None = "zoo:draft"  # the autoregressive draft (vsd, hf-assisted)
-    methods: list[str] = field(default_factory=lambda: [m for m in ALL_METHODS if m != "pard-plain"])
+    methods: list[str] = field(default_factory=lambda: [m for m in ALL_METHODS if m not in ("pard-plain",
+                                                                                          "llama-cpp")])
     datasets: list[str] = field(default_factory=lambda: ["humaneval"])
     ks: list[int | str] = field(default_factory=lambda: [8])  # "auto": k chosen per step, up to max_k
     engines: list[str] = field(default_factory=lambda: ["auto"])  # engine paths of ar/vsd/pard, side by side
@@ -95,3 +99,17 @@ class BenchConfig:
         from ..decoding.sampling import SamplingConfig
 
         SamplingConfig(self.temperature, self.top_k, self.top_p)  # raises on a bad temperature / top-k / top-p
+        if "llama-cpp" in self.methods:
+            self._check_llama_cpp()
+
+    def _check_llama_cpp(self) -> None:
+        """llama.cpp runs GGUF targets greedily, one prompt at a time (when llama-cpp-python is installed: else the
+        run leaves it out, see :func:`pard.bench.runner.run_bench`)."""
+        from .runner import gguf_source
+
+        not_gguf = [t for t in self.targets if gguf_source(t) is None]
+        if not_gguf:
+            raise InvalidArgumentError(f"method llama-cpp runs GGUF targets (zoo:smollm2, a .gguf file); not "
+                                       f"{', '.join(not_gguf)}")
+        if self.temperature != 0:
+            raise InvalidArgumentError("method llama-cpp is measured greedy (--temperature 0)")

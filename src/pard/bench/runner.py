@@ -13,6 +13,7 @@ same target, dataset and batch size from the same run. Greedy runs compare every
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import statistics
 import sys
@@ -29,7 +30,16 @@ from ..files import atomic_write_text, check_output_dir
 from ..models import load_model, load_tokenizer
 from ..prompts import encode_prompt, eos_token_ids
 from ..vocab import check_compatible
-from .config import BATCHED, DRAFT_SEPARATOR, ENGINE_METHODS, PARD_METHODS, USES_K, BenchConfig, base_method
+from .config import (
+    ARITHMETIC_PEERS,
+    BATCHED,
+    DRAFT_SEPARATOR,
+    ENGINE_METHODS,
+    PARD_METHODS,
+    USES_K,
+    BenchConfig,
+    base_method,
+)
 from .datasets import load_prompts
 from .report import machine_info, write_json
 
@@ -82,6 +92,10 @@ def run_bench(config: BenchConfig) -> dict:
     load = {"start": busy_machine_check()}  # after every check of the arguments: a refusal stays one line
     # ar first: it is every speedup's denominator and every greedy output's reference.
     methods = ["ar"] + [m for m in config.methods if m != "ar"]
+    if "llama-cpp" in methods and importlib.util.find_spec("llama_cpp") is None:
+        methods.remove("llama-cpp")
+        print("pard: llama-cpp left out: it needs llama-cpp-python (pip install llama-cpp-python; it builds "
+              "llama.cpp from source: a C++ compiler and a few minutes)", file=sys.stderr)
     plan = _plan(config, methods)
     measurements: list[Measurement] = []
     log: list[str] = []
@@ -122,7 +136,7 @@ def run_bench(config: BenchConfig) -> dict:
                     m.engine = engine
                     if reference is None and method == "ar":
                         reference = outputs
-                    elif sampling.greedy:
+                    elif sampling.greedy and method not in ARITHMETIC_PEERS:
                         m.mismatches = sum(a != b for a, b in zip(outputs, reference))
                     measurements.append(m)
                     for i, out in enumerate(outputs):
@@ -184,7 +198,9 @@ def _plan(config: BenchConfig, methods: list[str]) -> list[tuple[str, int | None
 
 
 def _load(spec: str, config: BenchConfig):
-    return load_model(spec, dtype=config.dtype, device=config.device)
+    model = load_model(spec, dtype=config.dtype, device=config.device)
+    model.pard_spec = spec  # what the llama.cpp peer reads
+    return model
 
 
 def _runner(method, k, engine, target, tokenizer, drafts, draft_tokenizers, sampling, eos, config,
@@ -208,6 +224,8 @@ def _runner(method, k, engine, target, tokenizer, drafts, draft_tokenizers, samp
 
         return run
 
+    if base == "llama-cpp":
+        return _llama_cpp_runner(target_spec_of(target), eos, sampling, config)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos), 0)
     kwargs = {"max_new_tokens": config.max_new_tokens, "pad_token_id": pad, "eos_token_id": sorted(eos) or None,
               "use_cache": True}  # a checkpoint saved by a Trainer may say use_cache=false: peers get a KV cache too
@@ -242,6 +260,45 @@ def _runner(method, k, engine, target, tokenizer, drafts, draft_tokenizers, samp
         for row in out[:, width:].tolist():
             cut = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
             sequences.append(row[:cut])
+        return sequences, None
+
+    return run
+
+
+def target_spec_of(model) -> str:
+    """The spec a target was loaded from (``_load`` records it): the llama.cpp peer reads its GGUF file."""
+    return model.pard_spec
+
+
+def gguf_source(spec: str) -> Path | None:
+    """The GGUF file behind a target spec (``zoo:smollm2``, a ``.gguf`` file or a directory holding one), else None."""
+    from ..gguf import gguf_file_of
+    from ..zoo import PACKAGED, zoo_path
+
+    scheme, _, name = spec.partition(":")
+    if scheme == "zoo":
+        return zoo_path(name) if name in PACKAGED else None
+    return gguf_file_of(spec)
+
+
+def _llama_cpp_runner(spec: str, eos: set[int], sampling: SamplingConfig, config: BenchConfig):
+    """llama.cpp's own greedy decoding of the target's GGUF file (its quantized arithmetic, its threads = ours):
+    what a CPU user holding the file would run instead. Batch 1; its outputs differ from the fp32 model's by
+    design (quantized weights in the matmuls), so they are not counted as mismatches."""
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(gguf_source(spec)), n_ctx=4096, n_threads=torch.get_num_threads(),
+                n_threads_batch=torch.get_num_threads(), verbose=False, seed=config.seed)
+
+    def run(batch, seed):
+        sequences = []
+        for prompt in batch:
+            tokens = []
+            for token in llm.generate(prompt, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0, reset=True):
+                tokens.append(token)
+                if token in eos or len(tokens) == config.max_new_tokens:
+                    break
+            sequences.append(tokens)
         return sequences, None
 
     return run
