@@ -145,9 +145,9 @@ class TrainConfig:
         default=None, metadata={"help": "with --target-features TARGET: the target layers read (indices into its "
                                         "hidden states, 0 = embeddings, -1 = the last; default -1); with data: "
                                         "some of the stored ones (default all)", "metavar": "LAYER"})
-    feature_scale: float = field(default=1.0, metadata={
-        "help": "the adapter's output scale (of W n(f), n: unit RMS per layer; PARD-2 uses 0.02 for hours of GPU "
-                "training, where the features start as a small perturbation of the embeddings)"})
+    feature_scale: float = field(default=0.1, metadata={
+        "help": "the adapter's output scale (of W n(f), n: unit RMS per layer of the target's states), so that its "
+                "output is about the size of the embeddings it is added to"})
     feature_drop: float = field(default=0.1, metadata={
         "help": "share of training samples that see no features, so the draft also runs target-independently"})
     ce_weight: float = field(default=1.0, metadata={"help": "weight of the cross-entropy term (PARD-2: 0.1 with "

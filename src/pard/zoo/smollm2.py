@@ -42,9 +42,11 @@ from .recipe import COD_MIN_RETENTION, COD_RETENTION, SEED
 BASE = "zoo:smollm2"
 NAME = SMOLLM2_DRAFT
 MASK_TOKEN = 16  # "<empty_output>": a special token chat answers never contain; reused, so no embedding row is added
-# SmolLM2's layers the draft reads (indices into its hidden states; -1: the last, after the final norm). Chosen on
-# the embedded family (README, *Drafts that read the target*); each layer adds a 576 x 576 projection (0.66 MB bf16).
-FEATURE_LAYERS = (-1,)
+# SmolLM2's layers the draft reads (indices into its hidden states; -1: the last, after the final norm; -12: the
+# residual stream after layer 18 of 30, context the LM head does not need). Each layer adds a 576 x 576 projection
+# (0.66 MB bf16): two keep the committed draft within 25 MB.
+FEATURE_LAYERS = (-1, -12)
+FEATURE_SCALE = 0.1  # of the unit-RMS features (pard.target_features: the adapter's output near the embeddings')
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ class SmolDraftRecipe:
     # draft learns to read them (None: a token-only draft, as the drafts before this recipe version)
     feature_layers: tuple[int, ...] | None = FEATURE_LAYERS
     feature_drop: float = 0.1
+    feature_scale: float = FEATURE_SCALE
 
 
 RECIPES = {
@@ -161,6 +164,7 @@ def train_draft(run_dir: Path, answers: Path, recipe: SmolDraftRecipe, scale: fl
         draft_vocab=recipe.draft_vocab, freeze_embeddings=True, distill_from=_teacher(recipe),
         kd_weight=recipe.kd_weight,
         target_features=FEATURES_FROM_DATA if recipe.feature_layers else None, feature_drop=recipe.feature_drop,
+        feature_scale=recipe.feature_scale,
         bf16=device.type == "cuda", device=str(device), disable_progress=not progress,
     ))
     return run_dir
