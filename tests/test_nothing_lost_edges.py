@@ -10,11 +10,11 @@ import warnings
 from pathlib import Path
 
 import pytest
+from test_nothing_lost import CODE, one_line_error, snapshot
 
 from helpers import write_tiny_gguf
 from pard.cli import main
 from pard.zoo import ZOO_DIR, zoo_path
-from test_nothing_lost import CODE, one_line_error, snapshot
 
 
 def error_line(capsys, code: int, *fragments: str, exit_code: int = 2) -> str:

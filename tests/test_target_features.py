@@ -128,8 +128,9 @@ def test_the_features_read_are_the_targets_states_before_each_token(target, draf
 
 
 def test_features_follow_the_target_distribution(engine):
-    from pard import SamplingConfig
     from test_engine_sampling import PROMPT, VOCAB, N, empirical_joint, exact_joint, tv, tv_bound
+
+    from pard import SamplingConfig
 
     kw = dict(vocab_size=VOCAB, sharpen=8.0, bos_token_id=0, eos_token_id=0, pad_token_id=0)
     target, draft = tiny_model("llama", seed=21, **kw), tiny_model("pard", seed=23, **kw)

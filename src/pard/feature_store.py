@@ -161,7 +161,8 @@ def align_features(ids, completions, offset: int) -> list[int]:
     return out
 
 
-def open_feature_stores(specs: list[str], layers: list[int] | None = None) -> tuple[FeatureStores, dict[str, int], dict]:
+def open_feature_stores(specs: list[str], layers: list[int] | None = None
+                        ) -> tuple[FeatureStores, dict[str, int], dict]:
     """The stored features of the training sources ``specs``: the stores as one row space, each source's first
     global row (-1 for a source without stored features: original data mixed in), and the target's record (what
     the feature draft will store). Sources must agree on the target and layers; ``layers`` picks some of them."""

@@ -34,10 +34,10 @@ from tqdm.auto import tqdm
 from .decoding import SamplingConfig, SpeculativeDecoder
 from .decoding.engine import check_draft_length
 from .decoding.engines import check_engine
-from .kernels import check_matmul
 from .errors import DataError, InvalidArgumentError
 from .feature_store import FEATURES_FIELD, FeatureWriter, read_header
 from .files import atomic_write_text, check_writable, exclusive_lock, existing_parent
+from .kernels import check_matmul
 from .models import load_pair
 from .prompts import eos_token_ids, has_chat_template, render_chat
 from .target_features import target_record
@@ -71,7 +71,7 @@ class RegenerateConfig:
     engine: str = "auto"  # see pard.decoding.engines
     matmul: str = "auto"  # see pard.kernels
     top_logprobs: int = 0  # also store the target's n most likely tokens at each written position (distillation)
-    store_features: list[int] | None = None  # also store the target's hidden states at these layers (pard.feature_store)
+    store_features: list[int] | None = None  # also keep the target's hidden states at these layers (feature_store)
 
 
 @dataclass

@@ -2,15 +2,17 @@
 whether a given target may feed it.
 
 A *feature draft* is a PARD draft plus a small adapter: the input of each of its positions is the token embedding
-plus ``scale * W f``, where f is the target's hidden state, at the chosen layers, of the position *before* the
-token (the state that predicted it; zero at position 0), and W projects the concatenated layers to the draft's
-width. A mask slot takes the feature of the last real token before it (its chain's anchor), because the target
-has not seen the tokens the masks stand for. The draft is trained with features dropped from a share of its
-samples, so the same weights also run target-independently (no features: the adapter adds nothing), which is the
-form vLLM's parallel drafting serves and the mode any other target of the family gets.
+plus ``scale * W n(f)``, where f is the target's hidden state, at the chosen layers, of the position *before* the
+token (the state that predicted it; zero at position 0), n normalises each layer's state to unit RMS, and W
+projects the concatenated layers to the draft's width. A mask slot takes the feature of the last real token before
+it (its chain's anchor), because the target has not seen the tokens the masks stand for. The draft is trained with
+features dropped from a share of its samples, so the same weights also run target-independently (no features: the
+adapter adds nothing), which is the form vLLM's parallel drafting serves and the mode any other target of the
+family gets.
 
 Layers are indices into the target's ``hidden_states`` as transformers returns them: 0 = the embeddings, i = after
-decoder layer i, -1 = the last layer's output after the final norm (what the LM head reads).
+decoder layer i - 1 (1-based: after the i-th layer), -1 = the last layer's output after the final norm (what the
+LM head reads).
 
 Which mode runs is decided once per (target, draft) pair by :func:`feature_binding`: features when the target is
 the one the adapter was made for (same model type, width and depth, and the same weights: a fingerprint), the

@@ -50,7 +50,8 @@ def run(args) -> int:
         prefix_tokens=None if args.prefix_fraction else args.prefix_tokens, prefix_fraction=args.prefix_fraction,
         sampling=SamplingConfig(args.temperature, None, args.top_p), batch_size=args.batch_size, seed=args.seed,
         limit=args.limit, data_config=DataConfig(text_field=args.text_field, messages_field=args.messages_field),
-        dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code, engine=args.engine, matmul=args.matmul,
+        dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code, engine=args.engine,
+        matmul=args.matmul,
         top_logprobs=args.top_logprobs,
         store_features=args.store_features,
     )

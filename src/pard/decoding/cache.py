@@ -63,7 +63,7 @@ class CachedLM:
             [self.slot_mask, torch.ones(batch_size, num_new, dtype=torch.bool, device=self.device)], dim=1
         )  # (B, S+T)
         inputs = {"input_ids": input_ids.to(self.device)}
-        if self.adapter is not None and features is not None:  # token embedding + scale * W f
+        if self.adapter is not None and features is not None:  # token embedding + scale * W n(f)
             embeds = self.model.get_input_embeddings()(inputs.pop("input_ids"))
             inputs["inputs_embeds"] = embeds + self.adapter(features.to(self.device)).to(embeds.dtype)
         out = self.model(

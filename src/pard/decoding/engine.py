@@ -23,9 +23,9 @@ from transformers import PreTrainedModel
 
 from ..errors import InvalidArgumentError, NotAParallelDraftError, PromptTooLongError
 from ..kernels import check_matmul
-from ..target_features import check_layers, feature_binding
 from ..mask_tokens import mask_token_ids_of
 from ..models import context_window
+from ..target_features import check_layers, feature_binding
 from ..vocab import check_compatible, vocab_size
 from .adaptive import VerifyLengthChooser
 from .cache import admits_rows

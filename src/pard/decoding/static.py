@@ -13,11 +13,13 @@ Same contract as :class:`~pard.decoding.cache.CachedLM` (``tests/test_lm_contrac
 * passes of up to ``max(buckets)`` tokens are padded to the next bucket, so a compiled step sees a handful of
   fixed shapes (B, T_bucket) and never recompiles after warm-up; prefill and longer passes run eagerly.
 
-The layer loop calls the Hugging Face model's own modules (norms, projections, MLP, rotary embedding, LM head);
-only attention over the slot buffers is ours: scaled-dot-product attention with a boolean (B, 1, T, S_max) mask
-``slot is real in this row and not after the query`` and grouped-query heads broadcast by SDPA (no ``repeat_kv``
-copy). Supported: decoder-only Llama-style models (llama, mistral, qwen2, qwen3 without sliding windows);
-:func:`supports_static_cache` says so for a given model, and the engine falls back to ``CachedLM`` otherwise.
+The layer loop calls the Hugging Face model's own modules (norms, rotary embedding, the MLP's activation) and
+their weights (projections, LM head: through the small-row kernel on CPU, see :mod:`pard.kernels`, or their own
+``nn.Linear``); the gated MLP's arithmetic and attention over the slot buffers are ours: scaled-dot-product
+attention with a boolean (B, 1, T, S_max) mask ``slot is real in this row and not after the query`` and
+grouped-query heads broadcast by SDPA (no ``repeat_kv`` copy). Supported: decoder-only Llama-style models (llama,
+mistral, qwen2, qwen3 without sliding windows); :func:`supports_static_cache` says so for a given model, and the
+engine falls back to ``CachedLM`` otherwise.
 """
 
 from __future__ import annotations
@@ -37,6 +39,11 @@ from ..target_features import adapter_of
 from .lm import PAD_ID, ragged_features, ragged_slices
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+PROJECTIONS = {"q": ("self_attn", "q_proj"), "k": ("self_attn", "k_proj"), "v": ("self_attn", "v_proj"),
+               "o": ("self_attn", "o_proj"), "gate": ("mlp", "gate_proj"), "up": ("mlp", "up_proj"),
+               "down": ("mlp", "down_proj")}
+# The projections a layer applies to one input, in one matmul where the kernel runs them (stacked weights).
+GROUPS = {"qkv": ("q", "k", "v"), "o": ("o",), "gate_up": ("gate", "up"), "down": ("down",)}
 RECOMPILE_LIMIT = 256
 SPAN_STEP = 64  # eager passes attend to the slots in use, rounded up to this
 
@@ -63,13 +70,6 @@ def _small_row_linear(*modules: nn.Module) -> nn.Module:
 
 def round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
-
-
-PROJECTIONS = {"q": ("self_attn", "q_proj"), "k": ("self_attn", "k_proj"), "v": ("self_attn", "v_proj"),
-               "o": ("self_attn", "o_proj"), "gate": ("mlp", "gate_proj"), "up": ("mlp", "up_proj"),
-               "down": ("mlp", "down_proj")}
-# The projections a layer applies to one input, in one matmul where the kernel runs them (stacked weights).
-GROUPS = {"qkv": ("q", "k", "v"), "o": ("o",), "gate_up": ("gate", "up"), "down": ("down",)}
 
 
 class _Each(nn.Module):
@@ -152,7 +152,7 @@ class _Decoder(nn.Module):
         admitted prompts). ``features`` (B, T, F): target features a feature draft adds to its embeddings. With
         ``hidden_at`` (a target feeding such a draft) it returns (logits, the chosen hidden states (B, T, F))."""
         hidden = self.embed_tokens(input_ids)  # (B, T, D_model)
-        if self.adapter is not None:  # token embedding + scale * W f (paper PARD-2; zero features add nothing)
+        if self.adapter is not None:  # token embedding + scale * W n(f) (PARD-2; zero features add nothing)
             hidden = hidden + self.adapter(features).to(hidden.dtype)
         cos, sin = self.rotary_emb(hidden, positions)  # (B, T, D)
         batch_size, num_new = input_ids.shape

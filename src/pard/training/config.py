@@ -15,8 +15,8 @@ from itertools import accumulate
 from ..errors import InvalidArgumentError
 
 MIN_DRAFT_VOCAB = 16  # --draft-vocab below this is a head that can say little beyond EOS (a typo, not a choice)
-DISTILL_FROM_DATA = "data"
-FEATURES_FROM_DATA = "data"  # --target-features data: the hidden states stored by pard regenerate --store-features  # --distill-from data: the target's distributions stored by pard regenerate
+DISTILL_FROM_DATA = "data"  # --distill-from data: the target's distributions stored by pard regenerate
+FEATURES_FROM_DATA = "data"  # --target-features data: the hidden states stored by pard regenerate --store-features
 
 
 @dataclass(frozen=True)

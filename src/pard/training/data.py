@@ -14,9 +14,9 @@ from pathlib import Path
 import datasets
 
 from ..errors import DataError
+from ..feature_store import FEATURES_FIELD, align_features
 from ..prompts import render_chat
 from .config import DataConfig
-from ..feature_store import FEATURES_FIELD, align_features
 from .stored_teacher import RECORD_FIELD, TEACHER_IDS, TEACHER_LOGPROBS, align_rows
 
 TARGET_FEATURE = "target_feature"  # per token: the global row of its stored target feature, -1 for none

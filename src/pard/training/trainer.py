@@ -145,7 +145,7 @@ class PardTrainer(Trainer):
         teacher_ids = inputs.pop("teacher_input_ids", None)
         weights = inputs.pop("loss_weights", None)  # (B, L): CAT weighting, or None
         features = self._target_features(inputs, teacher_ids)
-        if features is not None:  # a feature draft: token embedding + scale * W f (its adapter)
+        if features is not None:  # a feature draft: token embedding + scale * W n(f) (its adapter)
             embeddings = self.model.get_input_embeddings()(inputs.pop("input_ids"))
             inputs["inputs_embeds"] = embeddings + adapter_of(self.model)(features).to(embeddings.dtype)
         stored_ids, stored_logprobs = inputs.pop("teacher_ids", None), inputs.pop("teacher_logprobs", None)
