@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from pard import load_model
 from pard.bench.datasets import load_prompts
 from pard.cli import main
 from pard.errors import DataError
@@ -148,6 +149,23 @@ def test_bench_latency(tmp_path, capsys):
     assert set(results) == {"tiny:llama", "tiny:pard"}
     assert all(len(r["ms"]) == 3 and r["ratio"][0] == 1.0 for r in results.values())
     assert (out / "latency.png").stat().st_size > 0 and "n=3" in capsys.readouterr().out
+
+
+def test_bench_latency_times_the_kernel_and_the_library_in_turns(tmp_path):
+    from pard.kernels import kernel_isa
+
+    if kernel_isa() is None:
+        pytest.skip("the kernel could not be built here (no C++ compiler)")
+    out = tmp_path / "latency"
+    assert main(["bench-latency", "tiny:llama", "--engine", "static", "--matmuls", "kernel", "library", "--tokens", "1",
+                 "3", "--context", "8", "--repeats", "2", "--output", str(out)]) == 0
+    results = json.loads((out / "summary.json").read_text())["results"]
+    kernel, library = results[f"tiny:llama [kernel {kernel_isa()}]"], results["tiny:llama [library]"]
+    # the kernel's packed copy: every weight of the decoder layers and the head, padded to 16-row panels
+    assert kernel["packed_bytes"] >= 4 * sum(p.numel() for n, p in load_model("tiny:llama").named_parameters()
+                                             if p.dim() == 2 and "embed" not in n)
+    assert library["packed_bytes"] == 0 and len(kernel["ms"]) == len(library["ms"]) == 2
+    assert "the kernel's packed copy of the weights: tiny:llama [kernel" in (out / "results.md").read_text()
 
 
 def test_the_llama_cpp_peer_is_left_out_in_one_line_without_its_package(tmp_path, capsys, monkeypatch):

@@ -41,24 +41,33 @@ class LatencyConfig:
     tokens: list[int] = field(default_factory=list)  # the n to time (default 1..max_tokens)
 
 
-def forward_seconds(model, lm, n: int, config: LatencyConfig, generator: torch.Generator) -> float:
-    """Median seconds of one n-token pass over a ``context``-token cache (B = batch_size)."""
+WARMUP_PASSES = 3  # per model and n: the first compiles the shape; the next ones settle caches and thread pools
+
+
+def forward_ms(model, lms: dict, n: int, config: LatencyConfig, generator: torch.Generator) -> dict[str, float]:
+    """Median milliseconds of one n-token pass over a ``context``-token cache (B = batch_size), per LM in ``lms``,
+    timed in turns (one pass of each per round), so a slow phase of the machine hits them all alike."""
     vocab = model.config.vocab_size
-    lm.rollback(torch.zeros(config.batch_size, dtype=torch.long))
-    lm.forward(torch.randint(0, vocab, (config.batch_size, config.context), generator=generator), logits_to_keep=1)
-    base = lm.lengths.clone()
-    times = []
-    for _ in range(config.repeats + 1):  # the first pass is a warm-up (and compiles the shape)
-        ids = torch.randint(0, vocab, (config.batch_size, n), generator=generator)
-        if model.device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        lm.forward(ids)
-        if model.device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-        lm.rollback(base)
-    return statistics.median(times[1:])
+    bases = {}
+    for name, lm in lms.items():
+        lm.rollback(torch.zeros(config.batch_size, dtype=torch.long))
+        lm.forward(torch.randint(0, vocab, (config.batch_size, config.context), generator=generator),
+                   logits_to_keep=1)
+        bases[name] = lm.lengths.clone()
+    times = {name: [] for name in lms}
+    for round_ in range(WARMUP_PASSES + config.repeats):
+        for name, lm in lms.items():
+            ids = torch.randint(0, vocab, (config.batch_size, n), generator=generator)
+            if model.device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            lm.forward(ids)
+            if model.device.type == "cuda":
+                torch.cuda.synchronize()
+            if round_ >= WARMUP_PASSES:
+                times[name].append((time.perf_counter() - start) * 1000)
+            lm.rollback(bases[name])
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def run_latency(config: LatencyConfig) -> dict:
@@ -86,13 +95,14 @@ def run_latency(config: LatencyConfig) -> dict:
                                tuple(config.tokens), matmul) for matmul in matmuls}
         ms = {matmul: [] for matmul in matmuls}
         for n in config.tokens:
-            for matmul, lm in lms.items():
-                ms[matmul].append(forward_seconds(model, lm, n, config, generator) * 1000)
+            for matmul, t in forward_ms(model, lms, n, config, generator).items():
+                ms[matmul].append(t)
         for matmul, lm in lms.items():
-            label = spec if len(lms) == 1 else f"{spec} [{_matmul_label(lm)}]"
+            label = spec if config.engine == "eager" else f"{spec} [{_matmul_label(lm)}]"
             results[label] = {"ms": [round(t, 3) for t in ms[matmul]],
                               "ratio": [round(t / ms[matmul][0], 3) for t in ms[matmul]],
-                              "compile_seconds": round(lm.compile_seconds, 1), "matmul": _matmul_label(lm)}
+                              "compile_seconds": round(lm.compile_seconds, 1), "matmul": _matmul_label(lm),
+                              "packed_bytes": getattr(lm, "packed_bytes", 0)}
         del model, lms
     summary = {"config": asdict(config), "machine": machine_info(), "load_average": load, "results": results}
     out = Path(config.output)
@@ -117,10 +127,13 @@ def latency_markdown(summary: dict) -> str:
     rows = [[spec, *(f"{r['ms'][i]:.1f} ({r['ratio'][i]:.2f}x)" for i in shown)] for spec, r in results.items()]
     compiled = ", ".join(f"{spec} {r['compile_seconds']:.0f} s" for spec, r in results.items()
                          if r.get("compile_seconds"))
+    packed = ", ".join(f"{spec} {r['packed_bytes'] / 1e6:.0f} MB" for spec, r in results.items()
+                       if r.get("packed_bytes"))
     return (markdown_table(["model", *(f"n={tokens[i]}" for i in shown)], rows)
             + f"\n\nms per forward of n tokens after a {config['context']}-token context (T(n)/T(1) in brackets), "
             f"batch {config['batch_size']}, median of {config['repeats']}, engine {config.get('engine', 'eager')}"
             + (f" (compiling, not counted: {compiled})" if compiled else "")
+            + (f"; the kernel's packed copy of the weights: {packed}" if packed else "")
             + f"; {summary['machine']['cpu_cores']} CPU cores ({summary['machine']['torch_threads']} torch "
             "threads).\n")
 
