@@ -171,11 +171,28 @@ def test_zoo_build_refuses_a_work_dir_made_by_another_recipe(tmp_path):
 
     check("small", FAMILY["small"])
     check("small", FAMILY["small"])  # the same recipe may resume
+    check("pard-features", FAMILY["pard-features"])
+    check("pard-features", FAMILY["pard-features"])  # ... also one with a tuple, stored as a JSON list
     with pytest.raises(InvalidArgumentError, match="another recipe"):
         check("small", FAMILY["large"])
     (tmp_path / "medium").mkdir()  # a stage directory of unknown origin
     with pytest.raises(InvalidArgumentError, match="no record of the recipe"):
         check("medium", FAMILY["medium"])
+
+
+def test_a_smollm2_stage_resumes_under_its_own_recipe_and_refuses_another(tmp_path):
+    from dataclasses import asdict
+
+    from pard.errors import InvalidArgumentError
+    from pard.zoo.smollm2 import RECIPES, _claim
+
+    record = tmp_path / "recipe.json"
+    _claim(record, {"recipe": asdict(RECIPES["cpu"]), "scale": 1.0})  # feature_layers: a tuple, stored as a list
+    _claim(record, {"recipe": asdict(RECIPES["cpu"]), "scale": 1.0})
+    before = record.read_bytes()
+    with pytest.raises(InvalidArgumentError, match="another recipe"):
+        _claim(record, {"recipe": asdict(RECIPES["full"]), "scale": 1.0})
+    assert record.read_bytes() == before
 
 
 def test_the_smollm2_draft_recipe_follows_the_device():

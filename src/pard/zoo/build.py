@@ -240,6 +240,7 @@ def _check_recipe(record: Path, stage_dirs: tuple[Path, ...], recipe: ModelRecip
     wanted = {"recipe": asdict(recipe), "scale": scale}
     if train_data != TRAIN_DATA:
         wanted["train_data"] = train_data
+    wanted = json.loads(json.dumps(wanted))  # as the record stores it (tuples become lists)
     if record.exists():
         found = json.loads(record.read_text())
         if found != wanted:

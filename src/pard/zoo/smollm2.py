@@ -118,6 +118,7 @@ DATA_FIELDS = ("prompts", "max_new_tokens", "top_logprobs", "feature_layers")  #
 
 def _claim(record: Path, wanted: dict) -> None:
     """A stage's work is reused only by the recipe that made it (``record`` says which one did)."""
+    wanted = json.loads(json.dumps(wanted))  # as the record stores it (tuples become lists)
     if record.exists() and json.loads(record.read_text()) != wanted:
         raise InvalidArgumentError(f"{record.parent} holds a stage built with another recipe ({record}); remove "
                                    "it or pass another --work-dir")
