@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from pard import load_model
+from pard.feature_store import FeatureStore
+from pard.target_features import unit_rms
 
 
 def positions(data: str):
@@ -55,15 +57,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1500)
     args = parser.parse_args()
     torch.manual_seed(0)
-    header = json.loads(open(args.data + ".features.json").read())
-    layers, width = header["layers"], header["hidden_size"]
-    stored = np.memmap(args.data + ".features", dtype=np.uint16, mode="r").reshape(-1, header["row_size"])
+    store = FeatureStore(args.data)
+    layers = store.header["layers"]
     tokens, rows, labels = positions(args.data)
     model = load_model(args.target, dtype="float32", device="cpu")
     embedded = model.get_input_embeddings().weight.detach()[tokens]  # (N, H)
-    bits = torch.from_numpy(np.asarray(stored[rows]).astype(np.int32) << 16)  # bf16 -> fp32, exactly
-    features = bits.view(torch.float32).view(len(rows), len(layers), width)  # (N, L, H)
-    features = features / features.pow(2).mean(-1, keepdim=True).sqrt().clamp_min(1e-6)
+    features = unit_rms(store.rows(rows), len(layers))  # (N, L, H), as the feature adapter reads them
     split = int(len(labels) * 0.8)
     print(f"{len(labels)} positions (held out: the last {len(labels) - split})")
     started = time.perf_counter()

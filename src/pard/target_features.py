@@ -48,9 +48,14 @@ class FeatureAdapter(nn.Module):
         self.layers = layers
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        f = features.to(self.proj.weight.dtype).unflatten(-1, (self.layers, -1))  # (..., L, H)
-        f = f * torch.rsqrt(f.pow(2).mean(-1, keepdim=True) + 1e-6)  # zero stays zero
+        f = unit_rms(features.to(self.proj.weight.dtype), self.layers)  # (..., L, H)
         return self.proj(f.flatten(-2)) * self.scale
+
+
+def unit_rms(features: torch.Tensor, layers: int) -> torch.Tensor:
+    """n(f): (..., L H) -> (..., L, H), each layer's state scaled to unit RMS (zero stays zero)."""
+    f = features.unflatten(-1, (layers, -1))
+    return f * torch.rsqrt(f.pow(2).mean(-1, keepdim=True) + 1e-6)
 
 
 def adapter_of(model) -> FeatureAdapter | None:

@@ -40,6 +40,7 @@ from .recipe import (
     VOCAB_SIZE,
     ModelRecipe,
     RegenerationRecipe,
+    other_recipe,
 )
 
 TOKENIZER_DIR = "tokenizer"
@@ -240,12 +241,11 @@ def _check_recipe(record: Path, stage_dirs: tuple[Path, ...], recipe: ModelRecip
     wanted = {"recipe": asdict(recipe), "scale": scale}
     if train_data != TRAIN_DATA:
         wanted["train_data"] = train_data
-    wanted = json.loads(json.dumps(wanted))  # as the record stores it (tuples become lists)
+    found = other_recipe(record, wanted)
+    if found is not None:
+        raise InvalidArgumentError(f"{stage_dirs[0]} was built with another recipe ({found}); remove "
+                                   f"{stage_dirs[0]}* or pass another --work-dir")
     if record.exists():
-        found = json.loads(record.read_text())
-        if found != wanted:
-            raise InvalidArgumentError(f"{stage_dirs[0]} was built with another recipe ({found}); remove "
-                                       f"{stage_dirs[0]}* or pass another --work-dir")
         return
     stale = [d for d in stage_dirs if d.exists()]
     if stale:

@@ -12,7 +12,9 @@ Storage is bf16 safetensors, under 60 MB for the whole family.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 VOCAB_SIZE = 4096
 EOS = "<|endoftext|>"
@@ -75,3 +77,12 @@ FAMILY: dict[str, ModelRecipe] = {
 }
 TARGETS = ("small", "medium", "large")
 COD_RETENTION, COD_MIN_RETENTION = 0.7, 0.2
+
+
+def other_recipe(record: Path, wanted: dict) -> dict | None:
+    """What a stage's ``record`` holds when it names another recipe than ``wanted`` (compared as JSON stores it:
+    tuples are lists); None when there is no record or it is the same recipe."""
+    if not record.exists():
+        return None
+    found = json.loads(record.read_text())
+    return found if found != json.loads(json.dumps(wanted)) else None

@@ -37,7 +37,7 @@ from ..training.config import DISTILL_FROM_DATA, FEATURES_FROM_DATA, DataConfig,
 from ..training.rundir import TRAINING_INFO_FILE
 from ..training.trainer import train_or_resume
 from .publish import SMOLLM2_DRAFT, check_destination, check_scale
-from .recipe import COD_MIN_RETENTION, COD_RETENTION, SEED
+from .recipe import COD_MIN_RETENTION, COD_RETENTION, SEED, other_recipe
 
 BASE = "zoo:smollm2"
 NAME = SMOLLM2_DRAFT
@@ -118,8 +118,7 @@ DATA_FIELDS = ("prompts", "max_new_tokens", "top_logprobs", "feature_layers")  #
 
 def _claim(record: Path, wanted: dict) -> None:
     """A stage's work is reused only by the recipe that made it (``record`` says which one did)."""
-    wanted = json.loads(json.dumps(wanted))  # as the record stores it (tuples become lists)
-    if record.exists() and json.loads(record.read_text()) != wanted:
+    if other_recipe(record, wanted) is not None:
         raise InvalidArgumentError(f"{record.parent} holds a stage built with another recipe ({record}); remove "
                                    "it or pass another --work-dir")
     atomic_write_text(record, json.dumps(wanted, indent=2) + "\n")
