@@ -7,6 +7,15 @@ agrees with the target's own next token (the regenerated text is the target's gr
 *Drafts that read the target* quotes for zoo:large:
 
     python docs/feature_probe.py runs/zoo/pard-features-data/regenerated-by-large.jsonl zoo:large
+
+With ``--draft DRAFT``, the question a feature draft actually faces: beyond what the *draft* already knows. The
+draft's own last state at x_t (teacher-forced over the records as training reads them, one per sequence) is read
+through its own head, alone and plus a late term from the stored feature of x_t (standardised per dimension; a
+linear map, or a small MLP, zero-initialised and trained on four fifths of the records); the held-out fifth
+reports how often each agrees with the target's next token (what the README's SmolLM2 feature section quotes):
+
+    python docs/feature_probe.py runs/zoo/smollm2-pard-cpu/smollm2-data/answers.jsonl zoo:smollm2 \
+        --draft zoo:smollm2-pard --steps 1000
 """
 
 from __future__ import annotations
@@ -50,14 +59,85 @@ def agreement(x: torch.Tensor, y: torch.Tensor, vocab: int, steps: int, split: i
         return (head(x[split:]).argmax(-1) == y[split:]).float().mean().item()
 
 
+def draft_positions(data: str, draft, tokenizer, max_seq_len: int = 2048):
+    """(draft state at x_t (B, H), feature row of x_t, label x_{t+1}, record) for each answer position with a
+    stored feature and an answer token after it."""
+    from pard.feature_store import open_feature_stores
+    from pard.training.config import DataConfig
+    from pard.training.data import TARGET_FEATURE, load_training_sequences
+
+    _, offsets, _ = open_feature_stores([data])
+    chunks = load_training_sequences([data], tokenizer, DataConfig(max_seq_len=max_seq_len, assistant_only=True,
+                                                                   packing=False), 1, feature_offsets=offsets)
+    states, rows, labels, records = [], [], [], []
+    with torch.no_grad():
+        for index, chunk in enumerate(chunks):
+            ids, row = torch.tensor(chunk["input_ids"]), np.asarray(chunk[TARGET_FEATURE])
+            keep = np.nonzero((row[:-1] >= 0) & np.asarray(chunk["trainable"][1:], dtype=bool))[0]  # positions t
+            hidden = draft.model(input_ids=ids[None]).last_hidden_state[0]  # (T, H), after the final norm
+            states.append(hidden[keep]), rows.append(row[keep]), labels.append(ids[keep + 1])
+            records.append(torch.full((len(keep),), index))
+    return torch.cat(states), np.concatenate(rows), torch.cat(labels), torch.cat(records)
+
+
+class LateTerm(torch.nn.Module):
+    """state + B(f): a linear map, or an MLP with ``hidden`` units; zero at the start (the draft alone)."""
+
+    def __init__(self, features: int, width: int, hidden: int = 0):
+        super().__init__()
+        first = [torch.nn.Linear(features, hidden), torch.nn.GELU()] if hidden else []
+        self.map = torch.nn.Sequential(*first, torch.nn.Linear(hidden or features, width))
+        torch.nn.init.zeros_(self.map[-1].weight), torch.nn.init.zeros_(self.map[-1].bias)
+
+    def forward(self, state: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
+        return state + self.map(feature)
+
+
+def draft_agreement(draft, tokenizer, args, store) -> None:
+    states, rows, labels, records = draft_positions(args.data, draft, tokenizer)
+    features = store.rows(rows).float()
+    features = (features - features.mean(0)) / (features.std(0) + 1e-3)  # (N, F), standardised
+    held = torch.randperm(int(records.max()) + 1)[records] % 5 == 0  # a random fifth of the records
+    train, test = torch.nonzero(~held)[:, 0], torch.nonzero(held)[:, 0]
+    head = draft.get_output_embeddings()
+    reduced = hasattr(head, "to_subset")  # a draft-vocabulary head: trained over its own tokens
+
+    def predict(late, index):
+        head.eval()
+        with torch.no_grad():
+            return torch.cat([head(late(states[i], features[i])).argmax(-1) for i in index.split(4096)])
+
+    print(f"{len(labels)} positions in {int(records.max()) + 1} records (held out: {len(test)})")
+    for name, hidden in (("draft alone", None), ("+ late linear term", 0), ("+ late MLP term (256)", 256)):
+        late = LateTerm(features.shape[1], states.shape[1], hidden or 0)
+        if hidden is not None:
+            optimizer = torch.optim.AdamW(late.parameters(), 1e-3)
+            head.train(reduced)
+            for _ in range(args.steps):
+                batch = train[torch.randint(0, len(train), (1024,))]
+                target = head.to_subset(labels[batch], -100) if reduced else labels[batch]
+                loss = F.cross_entropy(head(late(states[batch], features[batch])), target, ignore_index=-100)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+        share = (predict(late, test) == labels[test]).float().mean().item()
+        print(f"{name}: agrees with the target's next token at {share:.3f}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", help="a JSONL written by `pard regenerate --store-features`")
     parser.add_argument("target", help="the target that wrote it (its input embeddings are read)")
     parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--draft", help="probe beyond this draft's own last state instead (a PARD draft of target)")
     args = parser.parse_args()
     torch.manual_seed(0)
     store = FeatureStore(args.data)
+    if args.draft:
+        from pard import load_tokenizer
+
+        draft = load_model(args.draft, dtype="float32", device="cpu").eval().requires_grad_(False)
+        return draft_agreement(draft, load_tokenizer(args.target), args, store)
     layers = store.header["layers"]
     tokens, rows, labels = positions(args.data)
     model = load_model(args.target, dtype="float32", device="cpu")

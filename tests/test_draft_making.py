@@ -85,7 +85,8 @@ def test_reduced_vocabulary_draft_follows_the_target_distribution(method):
     assert 0.05 < out.stats.acceptance_per_position[0] < 0.95
 
 
-def test_train_a_sliced_reduced_draft_that_borrows_its_embeddings(tmp_path):
+def sliced_draft(tmp_path):
+    """A tiny base and a draft trained as a slice of it (layers 0 and 2, a 16-token head, embeddings borrowed)."""
     from test_training import CODE
 
     code_file = tmp_path / "code.jsonl"
@@ -100,6 +101,11 @@ def test_train_a_sliced_reduced_draft_that_borrows_its_embeddings(tmp_path):
                  "--distill-from", str(base), "--data", str(code_file), "--output", str(out), "-k", "3",
                  "--max-steps", "2", "--batch-size", "2", "--max-seq-len", "32", "--lr", "1e-3", "--no-progress"])
     assert code == 0
+    return base, out, code_file
+
+
+def test_train_a_sliced_reduced_draft_that_borrows_its_embeddings(tmp_path):
+    base, out, _ = sliced_draft(tmp_path)
     config = json.loads((out / "config.json").read_text())
     assert (config["num_hidden_layers"], config["draft_vocab_size"]) == (2, 16)
     assert config["pard_base_model"] == str(base) and config["pard_base_tensors"] == ["model.embed_tokens.weight"]
@@ -118,6 +124,35 @@ def test_train_a_sliced_reduced_draft_that_borrows_its_embeddings(tmp_path):
     assert out_ids == [hf_greedy(target, p, MAX_NEW) for p in PROMPTS]
 
 
+def test_a_borrowing_draft_made_a_feature_draft_by_training_its_adapter_alone(tmp_path):
+    """--adapter-only on a trained draft (zoo:smollm2-pard's way): every tensor of the draft stays as it was, so its
+    plain mode is the draft itself; the adapter learns; the result still borrows its embeddings from the base."""
+    from safetensors.torch import load_file
+
+    from pard.target_features import adapter_of
+
+    base, draft, code_file = sliced_draft(tmp_path)
+    out = tmp_path / "feature-draft"
+    assert main(["train", "--model", str(draft), "--target-features", str(base), "--feature-layers", "-1", "1",
+                 "--adapter-only", "--feature-drop", "0", "--data", str(code_file), "--output", str(out), "-k", "3",
+                 "--max-steps", "3", "--batch-size", "2", "--max-seq-len", "32", "--lr", "1e-2", "--no-progress"]) == 0
+    before, after = load_file(str(draft / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    adapter = {f"pard_feature_adapter.{name}" for name in ("proj.weight", "mean", "inv_std")}
+    assert set(after) == {*before, *adapter}  # the embeddings are still not stored
+    assert all(torch.equal(before[name], after[name]) for name in before)
+    assert after["pard_feature_adapter.proj.weight"].abs().sum() > 0
+    assert json.loads((out / "config.json").read_text())["pard_base_model"] == str(base)
+    target, model = load_model(str(base)), load_model(str(out))
+    assert adapter_of(model) is not None
+    out_ids = SpeculativeDecoder(target, model, method="pard", num_draft_tokens=4).generate(
+        PROMPTS, max_new_tokens=MAX_NEW)
+    assert out_ids.stats.target_features == [-1, 1]
+    assert out_ids.sequences == [hf_greedy(target, p, MAX_NEW) for p in PROMPTS]
+    with pytest.raises(InvalidArgumentError, match="--adapter-only needs --target-features"):
+        main(["--debug", "train", "--model", str(draft), "--adapter-only", "--data", str(code_file), "--output",
+              str(tmp_path / "refused")])
+
+
 def test_export_refuses_a_reduced_vocabulary_draft_and_leaves_the_output_alone(tmp_path, capsys):
     draft = reduced(as_pard_draft(tiny_model("llama", seed=2), 258), list(range(100)))
     draft.save_pretrained(tmp_path / "draft")
@@ -128,6 +163,7 @@ def test_export_refuses_a_reduced_vocabulary_draft_and_leaves_the_output_alone(t
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
+    capsys.readouterr()  # the command's own output only (save_pretrained may draw a progress bar)
     assert main(["export", str(tmp_path / "draft"), "--output", str(out), "--overwrite"]) != 0
     err = capsys.readouterr().err.strip()
     assert "reduced draft vocabulary (100 of 259 tokens)" in err and len(err.splitlines()) == 1

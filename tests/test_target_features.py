@@ -188,6 +188,30 @@ def test_a_feature_draft_saves_and_loads_with_its_adapter(target, draft, tmp_pat
     assert adapter_of(loaded).scale == 1.0 and feature_binding(target, loaded, method="pard").layers == tuple(LAYERS)
 
 
+def test_the_standardised_adapter_literally_and_through_save_and_load(target, tmp_path):
+    """n(f) = (f - mean) / std per dimension, measured on a sample (rows without a feature left out of it); a row
+    without a feature stays zero; the statistics travel with the weights."""
+    from pard.models import load_model
+    from pard.target_features import STANDARD, FeatureAdapter
+
+    adapter = FeatureAdapter(2, 2, scale=0.5, layers=1, norm=STANDARD)
+    adapter.measure(torch.tensor([[1.0, 10.0], [3.0, 30.0], [0.0, 0.0]]))  # mean (2, 20), std (sqrt 2, sqrt 200)
+    torch.testing.assert_close(adapter.mean, torch.tensor([2.0, 20.0]))
+    torch.testing.assert_close(adapter.inv_std, torch.tensor([2.0, 200.0]).rsqrt(), rtol=1e-5, atol=0)
+    with torch.no_grad():
+        adapter.proj.weight.copy_(torch.eye(2))
+    torch.testing.assert_close(adapter(torch.tensor([[3.0, 30.0], [0.0, 0.0]])),
+                               torch.tensor([[0.5 / 2**0.5, 0.5 / 2**0.5], [0.0, 0.0]]), rtol=1e-5, atol=1e-7)
+    draft = tiny_model("pard", seed=3)
+    made = attach_adapter(draft, {**target_record(target, LAYERS), "scale": 0.1, "norm": STANDARD}, init_std=0.5)
+    made.measure(torch.randn(64, made.proj.in_features) * 7 + 3)
+    draft.save_pretrained(tmp_path / "d")
+    loaded = adapter_of(load_model(str(tmp_path / "d")))
+    assert loaded.norm == STANDARD
+    saved, kept = made.state_dict(), loaded.state_dict()
+    assert set(kept) == {"proj.weight", "mean", "inv_std"} and all(torch.equal(kept[n], saved[n]) for n in saved)
+
+
 def test_export_writes_the_target_independent_form_and_serve_refuses_the_feature_form(draft, tmp_path, capsys):
     from pard.tiny import byte_tokenizer
 
@@ -311,6 +335,7 @@ def test_training_a_feature_draft_on_stored_states_then_decoding_with_it(regener
     assert training["target_features"] == "data" and training["cat_weighting"] and training["ce_weight"] == 0.1
     model = load_model(str(draft))
     assert adapter_of(model) is not None and model.config.pard_target_features["layers"] == [-1]
+    assert model.config.pard_target_features["norm"] == "standard" and adapter_of(model).inv_std.min() < 0.9
     target = load_model("zoo:large")
     prompt = [5, 6, 7, 8, 9, 10]
     out_seq = SpeculativeDecoder(target, model, method="pard", num_draft_tokens=3, engine="static").generate(

@@ -56,11 +56,11 @@ def _local_config(spec: str) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _base_of(spec: str) -> str | None:
-    """The base model a local draft borrows tensors from (see :mod:`pard.base_weights`), if any."""
+def base_of(spec: str) -> str | None:
+    """The base model a draft borrows tensors from (see :mod:`pard.base_weights`), if any."""
     from .base_weights import BASE_KEY
 
-    return _local_config(spec).get(BASE_KEY)
+    return _local_config(resolve_spec(spec)).get(BASE_KEY)
 
 
 def load_config(spec: str, *, trust_remote_code: bool = False) -> PretrainedConfig:
@@ -202,7 +202,7 @@ def load_tokenizer(spec: str, *, trust_remote_code: bool = False):
         from .tiny import byte_tokenizer
 
         return byte_tokenizer()
-    base = _base_of(spec)
+    base = base_of(spec)
     if base is not None and not _has_tokenizer(Path(spec)):  # a draft that borrows from its base: its tokenizer too
         return load_tokenizer(base, trust_remote_code=trust_remote_code)
     check_local_model(spec, need_tokenizer=True)

@@ -3,8 +3,10 @@ whether a given target may feed it.
 
 A *feature draft* is a PARD draft plus a small adapter: the input of each of its positions is the token embedding
 plus ``scale * W n(f)``, where f is the target's hidden state, at the chosen layers, of the position *before* the
-token (the state that predicted it; zero at position 0), n normalises each layer's state to unit RMS, and W
-projects the concatenated layers to the draft's width. A mask slot takes the feature of the last real token before
+token (the state that predicted it; zero at position 0), n standardises each of its dimensions with the mean and
+standard deviation measured on the training features (``"norm": "standard"`` in the record; drafts recorded
+without it normalise each layer's state to unit RMS instead), and W projects the concatenated layers to the
+draft's width. A mask slot takes the feature of the last real token before
 it (its chain's anchor), because the target has not seen the tokens the masks stand for. The draft is trained with
 features dropped from a share of its samples, so the same weights also run target-independently (no features: the
 adapter adds nothing), which is the form vLLM's parallel drafting serves and the mode any other target of the
@@ -29,27 +31,52 @@ from torch import nn
 
 FEATURES_KEY = "pard_target_features"  # config: the record of the target the adapter reads (a dict)
 ADAPTER_NAME = "pard_feature_adapter"  # the adapter's submodule name (its weights: pard_feature_adapter.proj.weight)
-# Of W n(f), n(f) at unit RMS per element: measured on the embedded family (README) -- 1.0 swamped the pretrained
-# draft's embeddings once Adam had moved W (its loss stayed above the plain draft's); PARD-2's 0.02 on raw states
-# left the adapter's output at a tenth of the embeddings' after 500 steps; 0.1 keeps it near their size.
+# Of W n(f), n(f) about unit size per element in either form: measured on the embedded family with unit RMS
+# (README) -- 1.0 swamped the pretrained draft's embeddings once Adam had moved W (its loss stayed above the plain
+# draft's); PARD-2's 0.02 on raw states left the adapter's output at a tenth of the embeddings' after 500 steps; 0.1
+# keeps it near their size. (Adam moves a zero-initialised W's output by up to ~scale * lr * L H per step: with
+# SmolLM2's two layers, lr 1e-2 swamped its embeddings at once.)
 DEFAULT_SCALE = 0.1
+STANDARD = "standard"  # the record's "norm": per-dimension statistics of the training features (else: unit RMS)
 
 
 class FeatureAdapter(nn.Module):
-    """features (..., L H) -> (..., H_draft): ``scale * W n(f)``, n normalising each layer's state to unit RMS
-    (hidden states differ in magnitude by orders across layers and models; a feature draft trained for minutes
-    cannot wait for W to find each one's scale). W (H_draft, L H), no bias: zero features add nothing, so a
-    target-independent pass is exactly the plain draft."""
+    """features (..., L H) -> (..., H_draft): ``scale * W n(f)``. W (H_draft, L H), no bias.
 
-    def __init__(self, feature_size: int, hidden_size: int, scale: float = DEFAULT_SCALE, layers: int = 1):
+    n, ``standard``: (f - mean) / std per dimension, both measured on the training features (buffers, stored with
+    W). Why not each layer's state scaled to unit RMS (the first form, kept for drafts recorded with it): a residual
+    stream carries a few *massive* dimensions -- SmolLM2's layer -12 holds 55% of its energy in 5 of 576, one with
+    mean 169 and std 1,353 -- so after unit RMS the position-to-position information sits in the small rest, and a
+    mostly constant vector dominates what W sees.
+    Zero features add nothing (the standardised zero is not used: :meth:`forward` keeps rows without a feature at
+    zero), so a target-independent pass is exactly the plain draft."""
+
+    def __init__(self, feature_size: int, hidden_size: int, scale: float = DEFAULT_SCALE, layers: int = 1,
+                 norm: str | None = None):
         super().__init__()
         self.proj = nn.Linear(feature_size, hidden_size, bias=False)
         self.scale = float(scale)
         self.layers = layers
+        self.norm = norm
+        if norm == STANDARD:  # set by :meth:`measure` before training; loaded with the weights after
+            self.register_buffer("mean", torch.zeros(feature_size))
+            self.register_buffer("inv_std", torch.ones(feature_size))
+
+    @torch.no_grad()
+    def measure(self, sample: torch.Tensor) -> None:
+        """Set the standardisation from a sample of training features (N, L H) (rows without a feature excluded)."""
+        sample = sample[sample.abs().sum(-1) > 0].double()
+        self.mean.copy_(sample.mean(0))
+        self.inv_std.copy_(torch.rsqrt(sample.var(0) + 1e-6))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        f = unit_rms(features.to(self.proj.weight.dtype), self.layers)  # (..., L, H)
-        return self.proj(f.flatten(-2)) * self.scale
+        f = features.to(self.proj.weight.dtype)
+        if self.norm == STANDARD:
+            present = f.abs().sum(-1, keepdim=True) > 0  # (..., 1): rows without a feature (zeros) stay zero
+            f = (f - self.mean) * self.inv_std * present
+        else:
+            f = unit_rms(f, self.layers).flatten(-2)
+        return self.proj(f) * self.scale
 
 
 def unit_rms(features: torch.Tensor, layers: int) -> torch.Tensor:
@@ -75,7 +102,7 @@ def attach_adapter(model, record: dict, *, init_std: float | None = None) -> Fea
     """Give ``model`` (a draft) an adapter for the target ``record`` describes, and record it in the config.
     ``init_std``: a fresh adapter's weights ~ N(0, init_std) (None: zeros, to be loaded)."""
     adapter = FeatureAdapter(feature_size(record), model.config.hidden_size, record.get("scale", DEFAULT_SCALE),
-                             len(record["layers"]))
+                             len(record["layers"]), record.get("norm"))
     with torch.no_grad():
         if init_std is None:
             adapter.proj.weight.zero_()

@@ -119,7 +119,8 @@ class TrainConfig:
     logging_steps: int = field(default=10, metadata={"help": "log loss and tokens/s every N steps"})
     resume: bool = field(default=False, metadata={
         "help": "continue the run in --output from its last complete checkpoint (starts fresh if it has none)"})
-    bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision (GPUs that support it)"})
+    bf16: bool = field(default=False, metadata={
+        "help": "bf16 mixed precision (GPUs that support it; CPUs with AMX or AVX512-BF16)"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda"})
     attn_implementation: str = field(default="sdpa", metadata={"help": "attention kernel",
                                                                "choices": ("sdpa", "eager")})
@@ -150,6 +151,10 @@ class TrainConfig:
                 "output is about the size of the embeddings it is added to"})
     feature_drop: float = field(default=0.1, metadata={
         "help": "share of training samples that see no features, so the draft also runs target-independently"})
+    adapter_only: bool = field(default=False, metadata={
+        "help": "with --target-features: train only the feature adapter; the draft's own weights stay as --model "
+                "has them, so its target-independent mode is exactly --model (e.g. a token-only draft, made a "
+                "feature draft)"})
     ce_weight: float = field(default=1.0, metadata={"help": "weight of the cross-entropy term (PARD-2: 0.1 with "
                                                              "--kd-weight 1)"})
     cat_weighting: bool = field(default=False, metadata={
@@ -187,6 +192,8 @@ class TrainConfig:
              f"--feature-scale must be > 0, got {self.feature_scale}"),
             (self.feature_layers is None or self.target_features is not None,
              "--feature-layers needs --target-features (data or TARGET)"),
+            (not self.adapter_only or self.target_features is not None,
+             "--adapter-only needs --target-features (data or TARGET): it trains the feature adapter alone"),
             (self.draft_vocab == 0 or self.draft_vocab >= MIN_DRAFT_VOCAB,
              f"--draft-vocab {self.draft_vocab} is too small to propose anything useful (the end-of-text token "
              f"alone takes a row): give at least {MIN_DRAFT_VOCAB}, or 0 for the full vocabulary"),
@@ -209,4 +216,4 @@ class TrainConfig:
                 "max_seq_len": self.data_config.max_seq_len, "slice_layers": self.slice_layers,
                 "draft_vocab": self.draft_vocab, "freeze_embeddings": self.freeze_embeddings,
                 "group_by_length": self.group_by_length, "target_features": self.target_features,
-                "feature_drop": self.feature_drop}
+                "feature_drop": self.feature_drop, "adapter_only": self.adapter_only}

@@ -25,7 +25,7 @@ CHECKPOINT_PREFIX = "checkpoint"  # the Trainer's PREFIX_CHECKPOINT_DIR
 # What must match to resume: the COD layout (else the run is misrecorded) and how batches are drawn (else the rest
 # of the run sees another data order than an uninterrupted run would).
 RESUME_KEYS = ("num_draft_tokens", "retention", "min_retention", "max_seq_len", "group_by_length", "target_features",
-               "feature_drop")
+               "feature_drop", "adapter_only")
 
 
 def is_finished(output: str | Path) -> bool:

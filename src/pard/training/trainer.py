@@ -26,9 +26,9 @@ from ..errors import DataError
 from ..feature_store import open_feature_stores
 from ..files import apply_umask, atomic_write_text
 from ..mask_tokens import choose_mask_token, mark_parallel_draft
-from ..models import load_model, load_tokenizer, resolve_device
+from ..models import base_of, load_model, load_tokenizer, resolve_device
 from ..slicing import parse_layers, slice_layers
-from ..target_features import adapter_of, attach_adapter, select_layers, target_record
+from ..target_features import STANDARD, adapter_of, attach_adapter, select_layers, target_record
 from ..vocab import check_tokenizers
 from .cod import IGNORE_INDEX, CODConfig, build_cod_sample
 from .collator import CODCollator
@@ -253,8 +253,9 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
         print(f"pard: no complete checkpoint in {output}; starting fresh", file=sys.stderr)
     device = resolve_device(config.device)
     # A sliced draft leaves out the tensors it shares with the model it was cut from and names that model instead:
-    # by a name that resolves from anywhere, checked now rather than after the last step.
-    base = base_reference(config.model) if config.slice_layers is not None else None
+    # by a name that resolves from anywhere, checked now rather than after the last step. A draft that already
+    # borrows them (zoo:smollm2-pard) keeps borrowing them from the same base when it is trained further.
+    base = base_reference(config.model) if config.slice_layers is not None else base_of(config.model)
     if base is not None:
         check_base(base)
     torch.manual_seed(config.seed)
@@ -294,7 +295,11 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
                                     always=[i for i in (tokenizer.eos_token_id,) if i is not None])
         attach_subset_head(model, keep)
     if config.target_features:  # zero-initialised: training starts from exactly the plain draft
-        attach_adapter(model, {**record, "scale": config.feature_scale})
+        adapter = attach_adapter(model, {**record, "scale": config.feature_scale, "norm": STANDARD})
+        adapter.measure(feature_sample(chunks, feature_stores, feature_target, record["layers"], config.seed))
+        if config.adapter_only:  # the draft's own weights stay --model's: its plain mode is --model exactly
+            model.requires_grad_(False)
+            adapter_of(model).requires_grad_(True)
     model.train()
     dataset = CODDataset(chunks, config.cod, mask_ids, config.seed, teacher_width,
                          features={None: None, FEATURES_FROM_DATA: "stored"}.get(config.target_features, "target"),
@@ -369,6 +374,25 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
         info = training_info(config, mask_ids, trainer, result, seconds, len(dataset))
         atomic_write_text(output / TRAINING_INFO_FILE, json.dumps(info, indent=2) + "\n")  # last: "finished"
     return output
+
+
+def feature_sample(chunks, stores, target, layers, seed: int, count: int = 8192) -> torch.Tensor:
+    """(N, F): training features to measure the adapter's standardisation on -- ``count`` of the stored rows the
+    chunks read (drawn with ``seed``), or the target's states over the first chunks."""
+    if stores is not None:
+        rows = np.unique(np.concatenate([np.asarray(c[TARGET_FEATURE], dtype=np.int64) for c in chunks]))
+        rows = rows[rows >= 0]
+        rows = np.sort(np.random.default_rng(seed).choice(rows, min(count, len(rows)), replace=False))
+        return stores.gather(rows)  # (N, F)
+    sample, seen = [], 0
+    with torch.no_grad():
+        for chunk in chunks:
+            states = target(input_ids=torch.tensor([chunk["input_ids"]]), output_hidden_states=True, use_cache=False)
+            sample.append(select_layers(states.hidden_states, tuple(layers))[0].float())  # (T, F)
+            seen += len(sample[-1])
+            if seen >= count:
+                break
+    return torch.cat(sample)[:count]
 
 
 def stored_teacher_width(chunks) -> int:

@@ -110,10 +110,13 @@ def grow_depth(model: LlamaForCausalLM, layers: int) -> LlamaForCausalLM:
     return grown
 
 
-def fast_bf16_available() -> bool:
-    """bf16 autocast pays off on GPUs and on CPUs with AMX / AVX512-BF16; elsewhere train in fp32."""
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
+def fast_bf16_available(device: torch.device | None = None) -> bool:
+    """bf16 autocast pays off on GPUs and on CPUs with AMX / AVX512-BF16 (a 2-layer SmolLM2-width step: 1.5-2x
+    faster on 2 Sapphire Rapids cores); elsewhere train in fp32. ``device``: where training runs (None: where it
+    would by default)."""
+    if device is None or device.type == "cuda":
+        if torch.cuda.is_available():
+            return torch.cuda.is_bf16_supported()
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
