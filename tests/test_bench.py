@@ -187,6 +187,29 @@ def test_the_llama_cpp_peer_is_left_out_in_one_line_without_its_package(tmp_path
     assert {m["method"] for m in json.loads((out / "summary.json").read_text())["measurements"]} == {"ar"}
 
 
+def test_a_llama_cpp_that_crashes_is_left_out_in_one_line_and_the_bench_goes_on(tmp_path, capsys, monkeypatch):
+    """llama.cpp's AMX backend can die of a fault at the first token: tried in a child process first."""
+    import importlib.util
+
+    from helpers import write_tiny_gguf
+    from pard.bench import runner
+    from pard.zoo import zoo_path
+
+    monkeypatch.setenv("PARD_CACHE", str(tmp_path / "cache"))
+    model = tmp_path / "model.gguf"
+    write_tiny_gguf(model, zoo_path("large"))
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "llama_cpp"
+                        else find_spec(name, *a))
+    monkeypatch.setattr(runner, "LLAMA_CPP_PROBE", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
+    out = tmp_path / "bench"
+    assert main(["bench", "--targets", str(model), "--methods", "ar", "llama-cpp", "--datasets", "humaneval",
+                 "--num-prompts", "1", "--max-new-tokens", "4", "--repeats", "1", "--output", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "llama-cpp left out: llama.cpp was killed by SIGSEGV on this CPU" in err
+    assert {m["method"] for m in json.loads((out / "summary.json").read_text())["measurements"]} == {"ar"}
+
+
 def test_the_llama_cpp_peer_runs_gguf_targets(capsys):
     assert main(["bench", "--targets", "tiny:llama", "--methods", "ar", "llama-cpp", "--num-prompts", "1"]) == 2
     assert "runs GGUF targets" in capsys.readouterr().err

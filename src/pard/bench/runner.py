@@ -96,6 +96,10 @@ def run_bench(config: BenchConfig) -> dict:
         methods.remove("llama-cpp")
         print("pard: llama-cpp left out: it needs llama-cpp-python (pip install llama-cpp-python; it builds "
               "llama.cpp from source: a C++ compiler and a few minutes)", file=sys.stderr)
+    elif "llama-cpp" in methods and (crash := llama_cpp_crash(gguf_source(config.targets[0]))) is not None:
+        methods.remove("llama-cpp")
+        print(f"pard: llama-cpp left out: llama.cpp {crash} on this CPU when it tried two tokens (on CPUs with "
+              "AMX, build llama-cpp-python without it: README, *The CPU user's alternative*)", file=sys.stderr)
     plan = _plan(config, methods)
     measurements: list[Measurement] = []
     log: list[str] = []
@@ -279,6 +283,34 @@ def gguf_source(spec: str) -> Path | None:
     if scheme == "zoo":
         return zoo_path(name) if name in PACKAGED else None
     return gguf_file_of(spec)
+
+
+# Two greedy tokens of the GGUF file in a child process: llama.cpp's AMX backend can die of a general protection
+# fault at the first token (seen on Sapphire Rapids VMs), which in this process would end the whole bench.
+LLAMA_CPP_PROBE = """
+import sys
+from llama_cpp import Llama
+llm = Llama(model_path=sys.argv[1], n_ctx=64, n_threads=1, verbose=False)
+for i, _ in zip(range(2), llm.generate(llm.tokenize(b"def f():"), top_k=1, temp=0.0)):
+    pass
+"""
+
+
+def llama_cpp_crash(gguf: Path) -> str | None:
+    """None when llama.cpp decodes ``gguf`` in a child process; else how it ended ("was killed by signal 11")."""
+    import signal
+    import subprocess
+
+    try:
+        done = subprocess.run([sys.executable, "-c", LLAMA_CPP_PROBE, str(gguf)], capture_output=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        return "did not finish in 5 minutes"
+    if done.returncode == 0:
+        return None
+    if done.returncode < 0:
+        return f"was killed by {signal.Signals(-done.returncode).name}"
+    last = (done.stderr.decode(errors="replace").strip().splitlines() or [""])[-1]
+    return f"failed (exit code {done.returncode}: {last})"
 
 
 def _llama_cpp_runner(spec: str, eos: set[int], sampling: SamplingConfig, config: BenchConfig):
