@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from pard import load_model
 from pard.feature_store import FeatureStore
-from pard.target_features import unit_rms
+from pard.target_features import standardisation, unit_rms
 
 
 def positions(data: str):
@@ -96,7 +96,8 @@ class LateTerm(torch.nn.Module):
 def draft_agreement(draft, tokenizer, args, store) -> None:
     states, rows, labels, records = draft_positions(args.data, draft, tokenizer)
     features = store.rows(rows).float()
-    features = (features - features.mean(0)) / (features.std(0) + 1e-3)  # (N, F), standardised
+    mean, inv_std = standardisation(features)
+    features = (features - mean) * inv_std  # (N, F), as the feature adapter standardises them
     held = torch.randperm(int(records.max()) + 1)[records] % 5 == 0  # a random fifth of the records
     train, test = torch.nonzero(~held)[:, 0], torch.nonzero(held)[:, 0]
     head = draft.get_output_embeddings()

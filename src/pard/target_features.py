@@ -64,10 +64,10 @@ class FeatureAdapter(nn.Module):
 
     @torch.no_grad()
     def measure(self, sample: torch.Tensor) -> None:
-        """Set the standardisation from a sample of training features (N, L H) (rows without a feature excluded)."""
-        sample = sample[sample.abs().sum(-1) > 0].double()
-        self.mean.copy_(sample.mean(0))
-        self.inv_std.copy_(torch.rsqrt(sample.var(0) + 1e-6))
+        """Set the standardisation from a sample of training features (N, L H)."""
+        mean, inv_std = standardisation(sample)
+        self.mean.copy_(mean)
+        self.inv_std.copy_(inv_std)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         f = features.to(self.proj.weight.dtype)
@@ -77,6 +77,12 @@ class FeatureAdapter(nn.Module):
         else:
             f = unit_rms(f, self.layers).flatten(-2)
         return self.proj(f) * self.scale
+
+
+def standardisation(sample: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, F) features -> per-dimension mean (F,) and 1 / std (F,), rows without a feature (zeros) left out."""
+    sample = sample[sample.abs().sum(-1) > 0].double()
+    return sample.mean(0).float(), torch.rsqrt(sample.var(0) + 1e-6).float()
 
 
 def unit_rms(features: torch.Tensor, layers: int) -> torch.Tensor:
