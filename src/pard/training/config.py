@@ -147,8 +147,8 @@ class TrainConfig:
                                         "hidden states, 0 = embeddings, -1 = the last; default -1); with data: "
                                         "some of the stored ones (default all)", "metavar": "LAYER"})
     feature_scale: float = field(default=0.1, metadata={
-        "help": "the adapter's output scale (of W n(f), n: unit RMS per layer of the target's states), so that its "
-                "output is about the size of the embeddings it is added to"})
+        "help": "the adapter's output scale (of W n(f), n: each dimension of the target's states standardised), so "
+                "that its output is about the size of the embeddings it is added to"})
     feature_drop: float = field(default=0.1, metadata={
         "help": "share of training samples that see no features, so the draft also runs target-independently"})
     adapter_only: bool = field(default=False, metadata={

@@ -47,7 +47,7 @@ MASK_TOKEN = 16  # "<empty_output>": a special token chat answers never contain;
 # residual stream after layer 18 of 30, context the LM head does not need). Each layer adds a 576 x 576 projection
 # (0.66 MB bf16): two keep the committed draft within 25 MB.
 FEATURE_LAYERS = (-1, -12)
-FEATURE_SCALE = 0.1  # of the unit-RMS features (pard.target_features: the adapter's output near the embeddings')
+FEATURE_SCALE = 0.1  # of the standardised features (pard.target_features: the adapter's output near the embeddings')
 
 
 @dataclass(frozen=True)
