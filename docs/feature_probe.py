@@ -12,10 +12,11 @@ With ``--draft DRAFT``, the question a feature draft actually faces: beyond what
 draft's own last state at x_t (teacher-forced over the records as training reads them, one per sequence) is read
 through its own head, alone and plus a late term from the stored feature of x_t (standardised per dimension; a
 linear map, or a small MLP, zero-initialised and trained on four fifths of the records); the held-out fifth
-reports how often each agrees with the target's next token (what the README's SmolLM2 feature section quotes):
+reports how often each agrees with the target's next token. Run it on answers the draft was not trained on: on
+its own training text the draft's state already holds what it memorised. What the README's SmolLM2 feature section
+quotes (its answers to held-out stdlib requests and GSM8K questions 1000+):
 
-    python docs/feature_probe.py runs/zoo/smollm2-pard-cpu/smollm2-data/answers.jsonl zoo:smollm2 \
-        --draft zoo:smollm2-pard --steps 1000
+    python docs/feature_probe.py runs/ab/probe-answers.jsonl zoo:smollm2 --draft zoo:smollm2-pard --steps 1000
 """
 
 from __future__ import annotations
