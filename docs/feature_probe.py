@@ -8,13 +8,17 @@ agrees with the target's own next token (the regenerated text is the target's gr
 
     python docs/feature_probe.py runs/zoo/pard-features-data/regenerated-by-large.jsonl zoo:large
 
+``--train OTHER.jsonl`` fits the heads on another regeneration (the same layers stored) and scores them on all of
+DATA: the SmolLM2 section's calibration, a head fitted on the cpu recipe's answers and scored on unseen ones.
+
 With ``--draft DRAFT``, the question a feature draft actually faces: beyond what the *draft* already knows. The
 draft's own last state at x_t (teacher-forced over the records as training reads them, one per sequence) is read
 through its own head, alone and plus a late term from the stored feature of x_t (standardised per dimension; a
 linear map, or a small MLP, zero-initialised and trained on four fifths of the records); the held-out fifth
-reports how often each agrees with the target's next token. Run it on answers the draft was not trained on: on
-its own training text the draft's state already holds what it memorised. What the README's SmolLM2 feature section
-quotes (its answers to held-out stdlib requests and GSM8K questions 1000+):
+reports how often each agrees with the target's next token (``--steps 0``: no late term). A feature draft is also
+scored as it decodes, reading the stored states through its own adapter. Run it on answers the draft was not
+trained on: on its own training text the draft's state already holds what it memorised. What the README's SmolLM2
+feature section quotes (its answers to held-out stdlib requests and GSM8K questions 1000+):
 
     python docs/feature_probe.py runs/ab/probe-answers.jsonl zoo:smollm2 --draft zoo:smollm2-pard --steps 1000
 """
@@ -31,7 +35,7 @@ import torch.nn.functional as F
 
 from pard import load_model
 from pard.feature_store import FeatureStore
-from pard.target_features import standardisation, unit_rms
+from pard.target_features import adapter_of, standardisation, unit_rms
 
 
 def positions(data: str):
@@ -65,9 +69,10 @@ def agreement(x: torch.Tensor, y: torch.Tensor, steps: int, split: int) -> float
         return (vocab[head(x[split:]).argmax(-1)] == y[split:]).float().mean().item()
 
 
-def draft_positions(data: str, draft, tokenizer, max_seq_len: int = 2048):
+def draft_positions(data: str, draft, tokenizer, store=None, max_seq_len: int = 2048):
     """(draft state at x_t (B, H), feature row of x_t, label x_{t+1}, record) for each answer position with a
-    stored feature and an answer token after it."""
+    stored feature and an answer token after it. With ``store``, a feature draft reads the stored states through
+    its adapter, as it decodes (token embedding + scale W n(f)); without, it runs plain."""
     from pard.feature_store import open_feature_stores
     from pard.training.config import DataConfig
     from pard.training.data import TARGET_FEATURE, load_training_sequences
@@ -80,7 +85,12 @@ def draft_positions(data: str, draft, tokenizer, max_seq_len: int = 2048):
         for index, chunk in enumerate(chunks):
             ids, row = torch.tensor(chunk["input_ids"]), np.asarray(chunk[TARGET_FEATURE])
             keep = np.nonzero((row[:-1] >= 0) & np.asarray(chunk["trainable"][1:], dtype=bool))[0]  # positions t
-            hidden = draft.model(input_ids=ids[None]).last_hidden_state[0]  # (T, H), after the final norm
+            embedded = draft.get_input_embeddings()(ids)  # (T, H)
+            if store is not None:
+                feature = torch.zeros(len(ids), store.header["row_size"])  # (T, F): zero where none is stored
+                feature[row >= 0] = store.rows(row[row >= 0]).float()
+                embedded = embedded + adapter_of(draft)(feature)
+            hidden = draft.model(inputs_embeds=embedded[None]).last_hidden_state[0]  # (T, H), after the final norm
             states.append(hidden[keep]), rows.append(row[keep]), labels.append(ids[keep + 1])
             records.append(torch.full((len(keep),), index))
     return torch.cat(states), np.concatenate(rows), torch.cat(labels), torch.cat(records)
@@ -115,7 +125,18 @@ def draft_agreement(draft, tokenizer, args, store) -> None:
             return torch.cat([head(late(states[i], features[i])).argmax(-1) for i in index.split(4096)])
 
     print(f"{len(labels)} positions in {int(records.max()) + 1} records (held out: {len(test)})")
-    for name, hidden in (("draft alone", None), ("+ late linear term", 0), ("+ late MLP term (256)", 256)):
+    everything = torch.arange(len(labels))
+    print(f"draft alone, on all positions: agrees with the target's next token at "
+          f"{(predict(lambda state, _: state, everything) == labels).float().mean().item():.3f}")
+    if adapter_of(draft) is not None:  # the feature draft as it decodes: the states through its own adapter
+        read = draft_positions(args.data, draft, tokenizer, store)[0]
+        for where, index in (("held-out fifth", test), ("all positions", everything)):
+            with torch.no_grad():
+                share = (torch.cat([head(read[i]).argmax(-1) for i in index.split(4096)]) == labels[index])
+            print(f"draft reading the target's states through its adapter, on the {where}: agrees with the "
+                  f"target's next token at {share.float().mean().item():.3f}", flush=True)
+    late_terms = (("+ late linear term", 0), ("+ late MLP term (256)", 256)) if args.steps else ()
+    for name, hidden in (("draft alone", None), *late_terms):
         late = LateTerm(features.shape[1], states.shape[1], hidden or 0)
         if hidden is not None:
             optimizer = torch.optim.AdamW(late.parameters(), 1e-3)
@@ -135,7 +156,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", help="a JSONL written by `pard regenerate --store-features`")
     parser.add_argument("target", help="the target that wrote it (its input embeddings are read)")
-    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--steps", type=int, default=1500, help="each head's training steps (--draft: 0 fits no late "
+                                                                "term)")
     parser.add_argument("--draft", help="probe beyond this draft's own last state instead (a PARD draft of target)")
     parser.add_argument("--train", help="train the heads on this regeneration's positions (the same layers stored) "
                                         "and score them on all of DATA (default: on DATA's first four fifths)")
