@@ -119,22 +119,22 @@ def draft_agreement(draft, tokenizer, args, store) -> None:
     head = draft.get_output_embeddings()
     reduced = hasattr(head, "to_subset")  # a draft-vocabulary head: trained over its own tokens
 
-    def predict(late, index):
+    def agrees(state_of, index) -> float:
+        """Share of positions ``index`` where the head over ``state_of(i)`` (states of positions i) picks the label."""
         head.eval()
         with torch.no_grad():
-            return torch.cat([head(late(states[i], features[i])).argmax(-1) for i in index.split(4096)])
+            predicted = torch.cat([head(state_of(i)).argmax(-1) for i in index.split(4096)])
+        return (predicted == labels[index]).float().mean().item()
 
     print(f"{len(labels)} positions in {int(records.max()) + 1} records (held out: {len(test)})")
     everything = torch.arange(len(labels))
     print(f"draft alone, on all positions: agrees with the target's next token at "
-          f"{(predict(lambda state, _: state, everything) == labels).float().mean().item():.3f}")
+          f"{agrees(lambda i: states[i], everything):.3f}")
     if adapter_of(draft) is not None:  # the feature draft as it decodes: the states through its own adapter
         read = draft_positions(args.data, draft, tokenizer, store)[0]
         for where, index in (("held-out fifth", test), ("all positions", everything)):
-            with torch.no_grad():
-                share = (torch.cat([head(read[i]).argmax(-1) for i in index.split(4096)]) == labels[index])
             print(f"draft reading the target's states through its adapter, on the {where}: agrees with the "
-                  f"target's next token at {share.float().mean().item():.3f}", flush=True)
+                  f"target's next token at {agrees(lambda i: read[i], index):.3f}", flush=True)
     late_terms = (("+ late linear term", 0), ("+ late MLP term (256)", 256)) if args.steps else ()
     for name, hidden in (("draft alone", None), *late_terms):
         late = LateTerm(features.shape[1], states.shape[1], hidden or 0)
@@ -148,7 +148,7 @@ def draft_agreement(draft, tokenizer, args, store) -> None:
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-        share = (predict(late, test) == labels[test]).float().mean().item()
+        share = agrees(lambda i, late=late: late(states[i], features[i]), test)
         print(f"{name}: agrees with the target's next token at {share:.3f}", flush=True)
 
 
