@@ -153,6 +153,32 @@ def test_a_borrowing_draft_made_a_feature_draft_by_training_its_adapter_alone(tm
               str(tmp_path / "refused")])
 
 
+def test_a_feature_draft_trained_further_keeps_its_adapter_for_the_same_target_only(tmp_path):
+    """`pard train --model FEATURE_DRAFT --target-features ...` continues the adapter it has (weights and
+    standardisation) when it reads the same target layers; other layers start a new, zero adapter. At a learning
+    rate of 1e-12 the continued adapter is the one trained before, and a new one stays about zero."""
+    from safetensors.torch import load_file
+
+    base, draft, code_file = sliced_draft(tmp_path)
+    common = ["--data", str(code_file), "-k", "3", "--max-steps", "2", "--batch-size", "2", "--max-seq-len", "32",
+              "--no-progress", "--target-features", str(base)]
+    first = tmp_path / "features"
+    assert main(["train", "--model", str(draft), *common, "--feature-layers", "-1", "1", "--adapter-only",
+                 "--lr", "1e-2", "--output", str(first)]) == 0
+    again, other = tmp_path / "again", tmp_path / "other-layers"
+    assert main(["train", "--model", str(first), *common, "--feature-layers", "-1", "1", "--lr", "1e-12",
+                 "--output", str(again)]) == 0
+    assert main(["train", "--model", str(first), *common, "--feature-layers", "-1", "--lr", "1e-12",
+                 "--output", str(other)]) == 0
+    trained, kept, new = (load_file(str(d / "model.safetensors")) for d in (first, again, other))
+    adapter = [name for name in trained if name.startswith("pard_feature_adapter.")]
+    assert len(adapter) == 3 and trained["pard_feature_adapter.proj.weight"].abs().sum() > 0
+    assert all(torch.allclose(trained[name], kept[name], atol=1e-6) for name in adapter)
+    assert new["pard_feature_adapter.proj.weight"].shape[1] == trained["pard_feature_adapter.proj.weight"].shape[1] // 2
+    assert new["pard_feature_adapter.proj.weight"].abs().max() < 1e-6
+    assert json.loads((other / "config.json").read_text())["pard_target_features"]["layers"] == [-1]
+
+
 def test_export_refuses_a_reduced_vocabulary_draft_and_leaves_the_output_alone(tmp_path, capsys):
     draft = reduced(as_pard_draft(tiny_model("llama", seed=2), 258), list(range(100)))
     draft.save_pretrained(tmp_path / "draft")

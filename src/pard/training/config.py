@@ -141,7 +141,9 @@ class TrainConfig:
         default=None, metadata={"help": "train a feature draft: one that also reads the target's hidden states "
                                         "(pard.target_features). 'data': the states stored by `pard regenerate "
                                         "--store-features`, so the target never runs in training; or a TARGET "
-                                        "model, run over every batch (a GPU's way)", "metavar": "data|TARGET"})
+                                        "model, run over every batch (a GPU's way). A --model that already reads "
+                                        "these layers of this target keeps its adapter and trains it on",
+                                "metavar": "data|TARGET"})
     feature_layers: list[int] | None = field(
         default=None, metadata={"help": "with --target-features TARGET: the target layers read (indices into its "
                                         "hidden states, 0 = embeddings, -1 = the last; default -1); with data: "
