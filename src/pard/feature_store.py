@@ -26,6 +26,7 @@ import torch
 
 from .errors import DataError
 from .files import atomic_write_text
+from .target_features import features_read
 
 FEATURES_FIELD = "target_features"  # the record field regenerate writes
 DATA_SUFFIX, HEADER_SUFFIX = ".features", ".features.json"
@@ -180,9 +181,7 @@ def open_feature_stores(specs: list[str], layers: list[int] | None = None
     if not stores:
         raise DataError("--target-features data: none of the training data has stored target features (write it "
                         "with pard regenerate --store-features LAYERS)")
-    distinct = {json.dumps({k: r[k] for k in ("layers", "fingerprint", "hidden_size")}, sort_keys=True)
-                for r in records.values()}
-    if len(distinct) > 1:
+    if len({features_read(r) for r in records.values()}) > 1:
         which = ", ".join(f"{spec}: layers {r['layers']}" for spec, r in records.items())
         raise DataError(f"the training data's stored features come from different targets or layers ({which}); "
                         "store the same layers of the same target for every source")

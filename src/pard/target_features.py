@@ -172,6 +172,11 @@ def target_record(target, layers: list[int], spec: str | None = None) -> dict:
             "fingerprint": target_fingerprint(target)}
 
 
+def features_read(record: dict) -> tuple:
+    """What makes two records' features the same: the layers of one target (its width and weights' fingerprint)."""
+    return tuple(record["layers"]), record["hidden_size"], record["fingerprint"]
+
+
 @dataclass(frozen=True)
 class FeatureBinding:
     """Whether a (target, draft) pair decodes with target features: ``layers`` to read (None: the plain PARD mode)

@@ -28,7 +28,15 @@ from ..files import apply_umask, atomic_write_text
 from ..mask_tokens import choose_mask_token, mark_parallel_draft
 from ..models import base_of, load_model, load_tokenizer, resolve_device
 from ..slicing import parse_layers, slice_layers
-from ..target_features import STANDARD, adapter_of, attach_adapter, feature_record, select_layers, target_record
+from ..target_features import (
+    STANDARD,
+    adapter_of,
+    attach_adapter,
+    feature_record,
+    features_read,
+    select_layers,
+    target_record,
+)
 from ..vocab import check_tokenizers
 from .cod import IGNORE_INDEX, CODConfig, build_cod_sample
 from .collator import CODCollator
@@ -294,15 +302,16 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
         keep = most_frequent_tokens(trained, config.draft_vocab,
                                     always=[i for i in (tokenizer.eos_token_id,) if i is not None])
         attach_subset_head(model, keep)
-    if config.target_features and reads_target(model, record):  # trained further: its adapter trains on as it is
-        print(f"pard: {config.model} already reads layers {record['layers']} of this target: its adapter trains on",
-              file=sys.stderr)
-    elif config.target_features:  # zero-initialised: training starts from exactly the plain draft
-        adapter = attach_adapter(model, {**record, "scale": config.feature_scale, "norm": STANDARD})
-        adapter.measure(feature_sample(chunks, feature_stores, feature_target, record["layers"], config.seed))
-    if config.target_features and config.adapter_only:  # the draft's own weights stay --model's (its plain mode)
-        model.requires_grad_(False)
-        adapter_of(model).requires_grad_(True)
+    if config.target_features:
+        if reads_target(model, record):  # trained further: its adapter trains on as it is
+            print(f"pard: {config.model} already reads layers {record['layers']} of this target: its adapter trains "
+                  "on", file=sys.stderr)
+        else:  # zero-initialised: training starts from exactly the plain draft
+            adapter = attach_adapter(model, {**record, "scale": config.feature_scale, "norm": STANDARD})
+            adapter.measure(feature_sample(chunks, feature_stores, feature_target, record["layers"], config.seed))
+        if config.adapter_only:  # the draft's own weights stay --model's: its plain mode is --model exactly
+            model.requires_grad_(False)
+            adapter_of(model).requires_grad_(True)
     model.train()
     dataset = CODDataset(chunks, config.cod, mask_ids, config.seed, teacher_width,
                          features={None: None, FEATURES_FROM_DATA: "stored"}.get(config.target_features, "target"),
@@ -383,8 +392,7 @@ def reads_target(model, record: dict) -> bool:
     """Whether ``model`` already is a feature draft of the target ``record`` describes (same layers, width and
     weights' fingerprint), so that further training keeps its adapter instead of starting a new one."""
     mine = feature_record(model.config) if adapter_of(model) is not None else None
-    keys = ("layers", "hidden_size", "fingerprint")
-    return mine is not None and all(mine.get(k) == record.get(k) for k in keys)
+    return mine is not None and features_read(mine) == features_read(record)
 
 
 def feature_sample(chunks, stores, target, layers, seed: int, count: int = 8192) -> torch.Tensor:
