@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 from safetensors import safe_open
 
 from helpers import hf_greedy
@@ -195,6 +196,31 @@ def test_a_smollm2_stage_resumes_under_its_own_recipe_and_refuses_another(tmp_pa
     assert record.read_bytes() == before
 
 
+def test_a_smollm2_recipe_with_a_next_token_phase_cuts_the_draft_once_and_continues_it_with_cod(tmp_path,
+                                                                                                 monkeypatch):
+    """Phase 1 (K = 1) cuts the slice and the reduced head from SmolLM2; phase 2 (COD) starts from phase 1's draft,
+    cutting nothing again (its adapter is kept by the trainer), with the mask token COD needs."""
+    from dataclasses import replace
+
+    from pard.zoo import smollm2
+
+    runs = []
+    monkeypatch.setattr(smollm2, "train_or_resume", runs.append)
+    recipe = replace(smollm2.RECIPES["cpu"], next_token_steps=300, steps=100)
+    phases = smollm2.train_draft(tmp_path / "draft", tmp_path / "answers.jsonl", recipe, 0.1, torch.device("cpu"),
+                                 progress=False)
+    assert phases == [tmp_path / "draft-next-token", tmp_path / "draft"]
+    first, second = runs
+    assert (first.model, first.cod.num_draft_tokens, first.max_steps) == ("zoo:smollm2", 1, 30)
+    assert (first.slice_layers, first.draft_vocab, first.mask_token_ids) == ("0-1", 8192, None)
+    assert (second.model, second.cod.num_draft_tokens, second.max_steps) == (str(phases[0]), 8, 10)
+    assert (second.slice_layers, second.draft_vocab, second.mask_token_ids) == (None, 0, [smollm2.MASK_TOKEN])
+    assert first.target_features == second.target_features == "data"
+    assert smollm2.train_draft(tmp_path / "plain", tmp_path / "answers.jsonl", replace(recipe, next_token_steps=0),
+                               0.1, torch.device("cpu"), progress=False) == [tmp_path / "plain"]
+    assert runs[2].model == "zoo:smollm2" and runs[2].slice_layers == "0-1"  # one phase: COD cuts the draft itself
+
+
 def test_the_smollm2_draft_recipe_follows_the_device():
     from dataclasses import replace
 
@@ -206,9 +232,11 @@ def test_the_smollm2_draft_recipe_follows_the_device():
     assert choose_recipe("auto", torch.device("cuda")) == "full" and choose_recipe("auto", torch.device("cpu")) == "cpu"
     assert choose_recipe("full", torch.device("cpu")) == "full"
     assert RECIPES["cpu"].kd_weight == 0 and RECIPES["full"].kd_weight > 0
-    assert RECIPES["cpu-distilled"] == replace(RECIPES["cpu"], kd_weight=1.0, top_logprobs=16)  # only that differs
+    assert RECIPES["cpu"].next_token_steps > 0 and RECIPES["full"].next_token_steps == 0
+    assert RECIPES["cpu-distilled"] == replace(RECIPES["cpu-small"], kd_weight=1.0, top_logprobs=16)  # only that
     assert choose_recipe("cpu-distilled", torch.device("cpu")) == "cpu-distilled"
-    assert [_teacher(RECIPES[name]) for name in ("full", "cpu", "cpu-distilled")] == ["zoo:smollm2", None, "data"]
+    assert [_teacher(RECIPES[name]) for name in ("full", "cpu", "cpu-small", "cpu-distilled")] == [
+        "zoo:smollm2", None, None, "data"]
     with pytest.raises(InvalidArgumentError, match="unknown recipe"):
         choose_recipe("fast", torch.device("cpu"))
 
@@ -227,19 +255,25 @@ def test_a_cpu_build_refuses_up_front_to_replace_the_committed_draft(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe, teacher", [("auto", None), ("cpu-distilled", "data")])
-def test_smollm2_pard_cpu_recipe_builds_a_lossless_draft_and_resumes(tmp_path, recipe, teacher):
-    """`pard zoo build --only smollm2-pard` on a CPU, shrunk: SmolLM2 answers 3 prompts, the draft trains 1 step
-    (without a teacher, or from the top-16 stored with the answers), and the published draft (SmolLM2's embeddings
-    taken from its base) decodes losslessly."""
+@pytest.mark.parametrize("recipe, teacher, records, steps",
+                         [("auto", None, 11, 3 + 1), ("cpu-distilled", "data", 3, 1)])
+def test_smollm2_pard_cpu_recipe_builds_a_lossless_draft_and_resumes(tmp_path, recipe, teacher, records, steps):
+    """`pard zoo build --only smollm2-pard` on a CPU, shrunk: SmolLM2 answers 11 (3) prompts, the draft trains 3
+    next-token steps and 1 COD step (1 COD step, from the top-16 stored with the answers), and the published feature
+    draft (SmolLM2's embeddings taken from its base) decodes losslessly."""
     from pard.zoo.smollm2 import NAME, build_smollm2_draft
 
     out, work = tmp_path / "zoo", tmp_path / "work"
     info = build_smollm2_draft(out, work, scale=0.004, device="cpu", progress=False, recipe=recipe)
     assert info["recipe_name"] == ("cpu" if recipe == "auto" else recipe)
-    assert info["steps"] == 1 and info["data"]["records"] == 3
+    assert info["steps"] == steps and info["data"]["records"] == records
     training = json.loads((out / NAME / "pard_training.json").read_text())
-    assert training["distill_from"] == teacher and training["draft_vocab"] == 8192
+    assert training["distill_from"] == teacher
+    assert training["base_model"].endswith("-next-token") == (recipe == "auto")  # COD continued the K = 1 draft
+    first = work / f"{NAME}-{info['recipe_name']}" / (f"{NAME}-next-token" if recipe == "auto" else NAME)
+    assert json.loads((first / "pard_training.json").read_text())["draft_vocab"] == 8192  # it cut the slice
+    config = json.loads((out / NAME / "config.json").read_text())
+    assert config["pard_base_model"] == "zoo:smollm2" and config["pard_target_features"]["layers"] == [-1, -12]
     pair = load_pair("zoo:smollm2", str(out / NAME), device="cpu")
     prompt = pair.tokenizer("def fibonacci(n):")["input_ids"]
     got = SpeculativeDecoder(pair.target, pair.draft, method="pard", num_draft_tokens=4, engine="eager").generate(

@@ -20,10 +20,11 @@ def register(sub) -> None:
                                               "the plain build leaves alone)")
     zb.add_argument("--device", default="auto", help="smollm2-pard: where to regenerate and train (auto, cpu, cuda)")
     zb.add_argument("--recipe", default="auto",  # the names are checked by pard.zoo.smollm2.choose_recipe
-                    help="smollm2-pard: full (what zoo:smollm2-pard was built with; a GPU's work), cpu (fewer, "
-                         "shorter answers and no distillation: under 2 hours on 2 CPU cores, a weaker draft), "
-                         "cpu-distilled (cpu plus distillation from SmolLM2's stored top-16), or auto (full on "
-                         "CUDA, cpu otherwise)")
+                    help="smollm2-pard: full (what zoo:smollm2-pard was built with; a GPU's work), cpu (shorter "
+                         "answers, a next-token phase before COD, no distillation: ~2.4 hours on 2 CPU cores with "
+                         "GSM8K's 1,000 as --prompts), cpu-small (the first cpu recipe: 640 requests, COD only, within "
+                         "2 hours), cpu-distilled (cpu-small plus distillation from SmolLM2's stored top-16), or "
+                         "auto (full on CUDA, cpu otherwise)")
     zb.add_argument("--prompts", nargs="*", default=[], metavar="DATASET",
                     help="smollm2-pard: more chat prompts to regenerate answers to, as for `pard bench --dataset` "
                          "(e.g. gsm8k=gsm8k_test.jsonl[:1000])")

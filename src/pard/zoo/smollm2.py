@@ -13,10 +13,11 @@ for any family):
    the top-16 that regeneration stored (``regenerate --top-logprobs 16``, ``--distill-from data``);
 4. the result is stored in bf16 without the embeddings (they are SmolLM2's, taken from ``zoo:smollm2`` at load).
 
-Recipes (RECIPES): ``full``, what the committed draft was built with on a GPU; ``cpu``, sized to finish within 2
-hours on 2 CPU cores; ``cpu-distilled``, the same plus distillation from stored distributions. Seeded and
-resumable like the rest of the zoo: each stage reuses what a previous run of the same recipe finished (each recipe
-keeps its stages in its own folder of the work directory).
+Recipes (RECIPES): ``full``, what the committed draft was built with on a GPU; ``cpu``, for 2 CPU cores (shorter
+answers, a next-token phase before COD); ``cpu-small``, the first cpu recipe, within 2 hours; ``cpu-distilled``,
+cpu-small plus distillation from stored distributions. Seeded and resumable like the rest of the zoo: each stage
+reuses what a previous run of the same recipe finished (each recipe keeps its stages in its own folder of the work
+directory).
 """
 
 from __future__ import annotations
@@ -59,7 +60,10 @@ class SmolDraftRecipe:
     draft_vocab: int = 8192
     num_draft_tokens: int = 8
     max_seq_len: int = 512
-    steps: int = 1200
+    steps: int = 1200  # COD steps
+    # > 0: a next-token phase first (K = 1: x_(t+1) from x_t and the target's states; a sixth of a COD step's cost
+    # on a CPU), then COD continues from its draft, adapter included
+    next_token_steps: int = 0
     batch_size: int = 16
     learning_rate: float = 1e-3
     kd_weight: float = 1.0  # 0: no distillation term
@@ -75,16 +79,21 @@ RECIPES = {
     # A GPU's recipe: what the previous, token-only `zoo:smollm2-pard` was built with on an H100 (12 minutes of
     # answers, 3 of training), plus SmolLM2's features.
     "full": SmolDraftRecipe(),
-    # Sized for 2 CPU cores and 2 hours (measured on an AMD EPYC Zen 3): an answer costs ~2 s there (16 rows,
-    # continuous batching, compiled steps), so fewer and shorter answers (896 with 256 GSM8K questions: 30
-    # minutes); and no distillation, because SmolLM2's forward over each batch would more than double a training
-    # step (17 s without it; it added 33 s in a probe) -- the labels already are SmolLM2's own greedy tokens. 180
-    # steps: 51 minutes in fp32; where the CPU has AMX or AVX512-BF16 the steps run under bf16 autocast (6.5 s a
-    # step on 2 Sapphire Rapids cores). A weaker draft than the full recipe's (README).
-    "cpu": SmolDraftRecipe(prompts=640, max_new_tokens=256, regenerate_batch=16, steps=180, kd_weight=0.0),
-    # The cpu recipe plus distillation from the top-16 SmolLM2 stored while it wrote the answers (no teacher
-    # forward: a step costs 17.0 s instead of 16.7). Measured no better in 1-α than `cpu` (README), so not the
-    # default; kept so that the measurement can be repeated and built on.
+    # For 2 CPU cores (README, "Four times the answers"): what limits a CPU-made draft is answers, and COD's steps
+    # are where a CPU step's time goes (each sequence gains up to 7 masked copies). So shorter answers (256 tokens,
+    # 16 rows, continuous batching), 2,560 stdlib requests (with GSM8K 0-999 as --prompts: 3,560 answers, 88
+    # minutes on 2 Sapphire Rapids cores), then 540 cheap next-token steps reading the states (~4 passes: 20
+    # minutes) and 180 COD steps from that draft (33 minutes): ~2.4 hours there. No distillation: SmolLM2's
+    # forward over each batch would more than double a step, and the labels already are its own greedy tokens.
+    # Steps run under bf16 autocast where the CPU has AMX or AVX512-BF16, in fp32 (1.5-2x slower) elsewhere.
+    "cpu": SmolDraftRecipe(prompts=2560, max_new_tokens=256, regenerate_batch=16, next_token_steps=540, steps=180,
+                           kd_weight=0.0),
+    # The first cpu recipe, within 2 hours: 640 requests (896 answers with GSM8K 0-255), COD only, 180 steps (81
+    # minutes on 2 Zen 3 cores, ~40 on 2 Sapphire Rapids). A weaker draft (README); the earlier tables measure it.
+    "cpu-small": SmolDraftRecipe(prompts=640, max_new_tokens=256, regenerate_batch=16, steps=180, kd_weight=0.0),
+    # cpu-small plus distillation from the top-16 SmolLM2 stored while it wrote the answers (no teacher forward: a
+    # step costs 17.0 s instead of 16.7). Measured no better in 1-α than cpu-small (README); kept so that the
+    # measurement can be repeated.
     "cpu-distilled": SmolDraftRecipe(prompts=640, max_new_tokens=256, regenerate_batch=16, steps=180,
                                      top_logprobs=16),
 }
@@ -151,20 +160,35 @@ def regenerate_answers(work_dir: Path, recipe: SmolDraftRecipe, scale: float, pr
 
 
 def train_draft(run_dir: Path, answers: Path, recipe: SmolDraftRecipe, scale: float, device,
-                progress: bool = True) -> Path:
-    """Stage 3: slice, reduce the head, train with COD + distillation (resumable); returns the run directory."""
+                progress: bool = True) -> list[Path]:
+    """Stage 3: slice, reduce the head, train (a next-token phase if the recipe has one, then COD + distillation;
+    each phase resumable); returns the phases' run directories, the draft's (``run_dir``) last."""
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     _claim(run_dir.parent / f"{run_dir.name}.recipe.json", {"recipe": asdict(recipe), "scale": scale})
-    steps = max(1, math.ceil(recipe.steps * scale))
+    phases = []
+    if recipe.next_token_steps:
+        phases.append(_train_phase(run_dir.parent / f"{run_dir.name}-next-token", BASE, answers, 1,
+                                   recipe.next_token_steps, recipe, scale, device, progress))
+    phases.append(_train_phase(run_dir, phases[-1] if phases else BASE, answers, recipe.num_draft_tokens,
+                               recipe.steps, recipe, scale, device, progress))
+    return phases
+
+
+def _train_phase(run_dir: Path, model, answers: Path, num_draft_tokens: int, steps: int, recipe: SmolDraftRecipe,
+                 scale: float, device, progress: bool) -> Path:
+    """One ``pard train`` run of the recipe, from SmolLM2 (the slice and the reduced head are cut here) or from the
+    previous phase's draft (already cut; a feature draft keeps its adapter: pard.training.trainer)."""
+    steps = max(1, math.ceil(steps * scale))
+    cut = model == BASE
     train_or_resume(TrainConfig(
-        model=BASE, data=[str(answers)], output=str(run_dir),
-        cod=CODConfig(recipe.num_draft_tokens, COD_RETENTION, COD_MIN_RETENTION),
+        model=str(model), data=[str(answers)], output=str(run_dir),
+        cod=CODConfig(num_draft_tokens, COD_RETENTION, COD_MIN_RETENTION),
         data_config=DataConfig(max_seq_len=recipe.max_seq_len, assistant_only=True),
         max_steps=steps, learning_rate=recipe.learning_rate, warmup_ratio=0.03, weight_decay=0.01,
         batch_size=recipe.batch_size, seed=SEED, save_steps=max(50, steps // 4), save_total_limit=1,
-        logging_steps=max(1, min(25, steps // 10)), mask_token_ids=[MASK_TOKEN], slice_layers=recipe.layers,
-        draft_vocab=recipe.draft_vocab, freeze_embeddings=True, distill_from=_teacher(recipe),
-        kd_weight=recipe.kd_weight,
+        logging_steps=max(1, min(25, steps // 10)), mask_token_ids=[MASK_TOKEN] if num_draft_tokens > 1 else None,
+        slice_layers=recipe.layers if cut else None, draft_vocab=recipe.draft_vocab if cut else 0,
+        freeze_embeddings=True, distill_from=_teacher(recipe), kd_weight=recipe.kd_weight,
         target_features=FEATURES_FROM_DATA if recipe.feature_layers else None, feature_drop=recipe.feature_drop,
         feature_scale=recipe.feature_scale,
         bf16=fast_bf16_available(device), device=str(device), disable_progress=not progress,
@@ -195,13 +219,14 @@ def build_smollm2_draft(output: Path, work_dir: Path, *, scale: float = 1.0, dev
     check_replaceable(output / NAME, name, scale)
     stages = work_dir / f"{NAME}-{name}"  # each recipe resumes its own stages
     answers = regenerate_answers(stages, chosen, scale, list(prompts or []), dev)
-    run_dir = train_draft(stages / NAME, answers, chosen, scale, dev, progress)
-    training = json.loads((run_dir / TRAINING_INFO_FILE).read_text())
+    run_dirs = train_draft(stages / NAME, answers, chosen, scale, dev, progress)  # the draft's last
+    phases = [json.loads((d / TRAINING_INFO_FILE).read_text()) for d in run_dirs]
     info = {"recipe_name": name, "recipe": asdict(chosen), "scale": scale, "extra_prompts": list(prompts or []),
-            "device": str(dev), "steps": training["steps"], "train_seconds": training["train_seconds"],
+            "device": str(dev), "steps": sum(p["steps"] for p in phases),
+            "train_seconds": round(sum(p["train_seconds"] for p in phases), 2),
             "data": json.loads((answers.parent / "regeneration.json").read_text()),
             "build_seconds": round(time.perf_counter() - started, 1)}
-    pack(run_dir, output / NAME, info)
+    pack(run_dirs[-1], output / NAME, info)
     return info
 
 
