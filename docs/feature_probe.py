@@ -8,8 +8,8 @@ agrees with the target's own next token (the regenerated text is the target's gr
 
     python docs/feature_probe.py runs/zoo/pard-features-data/regenerated-by-large.jsonl zoo:large
 
-``--train OTHER.jsonl`` fits the heads on another regeneration (the same layers stored) and scores them on all of
-DATA: the SmolLM2 section's calibration, a head fitted on the cpu recipe's answers and scored on unseen ones.
+``--train OTHER.jsonl [...]`` fits the heads on other regenerations (the same layers stored) and scores them on all
+of DATA: the SmolLM2 section's calibration, a head fitted on the cpu recipe's answers and scored on unseen ones.
 
 With ``--draft DRAFT``, the question a feature draft actually faces: beyond what the *draft* already knows. The
 draft's own last state at x_t (teacher-forced over the records as training reads them, one per sequence) is read
@@ -159,8 +159,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1500, help="each head's training steps (--draft: 0 fits no late "
                                                                 "term)")
     parser.add_argument("--draft", help="probe beyond this draft's own last state instead (a PARD draft of target)")
-    parser.add_argument("--train", help="train the heads on this regeneration's positions (the same layers stored) "
-                                        "and score them on all of DATA (default: on DATA's first four fifths)")
+    parser.add_argument("--train", nargs="+", help="train the heads on these regenerations' positions (the same "
+                                                   "layers stored) and score them on all of DATA (default: on DATA's "
+                                                   "first four fifths)")
     args = parser.parse_args()
     torch.manual_seed(0)
     store = FeatureStore(args.data)
@@ -170,23 +171,24 @@ def main() -> None:
         draft = load_model(args.draft, dtype="float32", device="cpu").eval().requires_grad_(False)
         return draft_agreement(draft, load_tokenizer(args.target), args, store)
     layers = store.header["layers"]
-    files = [args.train, args.data] if args.train else [args.data]  # trained on the first, scored on the last
+    files = [*(args.train or []), args.data]  # trained on all but the last (or its first four fifths), scored on it
     read = [positions(path) for path in files]
     tokens, labels = torch.cat([r[0] for r in read]), torch.cat([r[2] for r in read])
     features = torch.cat([FeatureStore(path).rows(r[1]) for path, r in zip(files, read)])
     model = load_model(args.target, dtype="float32", device="cpu")
     embedded = model.get_input_embeddings().weight.detach()[tokens]  # (N, H)
     features = unit_rms(features, len(layers))  # (N, L, H), as the feature adapter reads them
-    split = len(read[0][2]) if args.train else int(len(labels) * 0.8)
+    split = len(labels) - len(read[-1][2]) if args.train else int(len(labels) * 0.8)
     print(f"{len(labels)} positions (trained on {split}, held out: the last {len(labels) - split})")
     started = time.perf_counter()
-    variants = {"embedding of x_t only": embedded,
-                f"embedding + h_(t-1) at layer {layers[0]}": torch.cat([embedded, features[:, 0]], 1)}
+    # each variant's inputs are built when its turn comes: at 1M positions (N, 3 H) is 7 GB
+    variants = {"embedding of x_t only": lambda: embedded,
+                f"embedding + h_(t-1) at layer {layers[0]}": lambda: torch.cat([embedded, features[:, 0]], 1)}
     if len(layers) > 1:
-        variants[f"embedding + h_(t-1) at layers {', '.join(map(str, layers))}"] = torch.cat(
+        variants[f"embedding + h_(t-1) at layers {', '.join(map(str, layers))}"] = lambda: torch.cat(
             [embedded, features.flatten(1)], 1)
-    for name, x in variants.items():
-        share = agreement(x, labels, args.steps, split)
+    for name, inputs in variants.items():
+        share = agreement(inputs(), labels, args.steps, split)
         print(f"{name}: agrees with the target's next token at {share:.3f}")
     print(f"{time.perf_counter() - started:.0f} s")
 
