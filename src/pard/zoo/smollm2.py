@@ -26,7 +26,7 @@ import json
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -75,6 +75,8 @@ class SmolDraftRecipe:
     feature_scale: float = FEATURE_SCALE
 
 
+# cpu-small, which the other CPU recipes vary (below)
+CPU_SMALL = SmolDraftRecipe(prompts=640, max_new_tokens=256, regenerate_batch=16, steps=180, kd_weight=0.0)
 RECIPES = {
     # A GPU's recipe: what the previous, token-only `zoo:smollm2-pard` was built with on an H100 (12 minutes of
     # answers, 3 of training), plus SmolLM2's features.
@@ -86,16 +88,14 @@ RECIPES = {
     # minutes) and 180 COD steps from that draft (33 minutes): ~2.4 hours there. No distillation: SmolLM2's
     # forward over each batch would more than double a step, and the labels already are its own greedy tokens.
     # Steps run under bf16 autocast where the CPU has AMX or AVX512-BF16, in fp32 (1.5-2x slower) elsewhere.
-    "cpu": SmolDraftRecipe(prompts=2560, max_new_tokens=256, regenerate_batch=16, next_token_steps=540, steps=180,
-                           kd_weight=0.0),
+    "cpu": replace(CPU_SMALL, prompts=2560, next_token_steps=540),
     # The first cpu recipe, within 2 hours: 640 requests (896 answers with GSM8K 0-255), COD only, 180 steps (81
     # minutes on 2 Zen 3 cores, ~40 on 2 Sapphire Rapids). A weaker draft (README); the earlier tables measure it.
-    "cpu-small": SmolDraftRecipe(prompts=640, max_new_tokens=256, regenerate_batch=16, steps=180, kd_weight=0.0),
+    "cpu-small": CPU_SMALL,
     # cpu-small plus distillation from the top-16 SmolLM2 stored while it wrote the answers (no teacher forward: a
     # step costs 17.0 s instead of 16.7). Measured no better in 1-α than cpu-small (README); kept so that the
     # measurement can be repeated.
-    "cpu-distilled": SmolDraftRecipe(prompts=640, max_new_tokens=256, regenerate_batch=16, steps=180,
-                                     top_logprobs=16),
+    "cpu-distilled": replace(CPU_SMALL, kd_weight=1.0, top_logprobs=16),
 }
 
 
