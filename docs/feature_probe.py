@@ -10,6 +10,7 @@ agrees with the target's own next token (the regenerated text is the target's gr
 
 ``--train OTHER.jsonl [...]`` fits the heads on other regenerations (the same layers stored) and scores them on all
 of DATA: the SmolLM2 section's calibration, a head fitted on the cpu recipe's answers and scored on unseen ones.
+A teacher-forced one (answers the target read rather than wrote) trains on the target's stored top-1.
 
 With ``--draft DRAFT``, the question a feature draft actually faces: beyond what the *draft* already knows. The
 draft's own last state at x_t (teacher-forced over the records as training reads them, one per sequence) is read
@@ -39,17 +40,25 @@ from pard.target_features import adapter_of, standardisation, unit_rms
 
 
 def positions(data: str):
-    """(token x_t, feature row of x_t, label x_{t+1}) for every answer position with a stored feature."""
+    """(token x_t, feature row of x_t, label) for every answer position with a stored feature. The label is the
+    target's next token: x_{t+1} in its own (greedy) answers, its stored top-1 where it read an answer it did not
+    write (``pard regenerate --teacher-force --top-logprobs 1``)."""
     tokens, rows, labels = [], [], []
     with open(data) as f:
         for line in f:
-            for span in json.loads(line).get("target_features", []):
+            record = json.loads(line)
+            forced = record.get("teacher_forced", False)
+            tops = record.get("top_logprobs") if forced else None
+            if forced and not tops:
+                raise SystemExit(f"{data}: a teacher-forced record without --top-logprobs has no labels to probe")
+            for n, span in enumerate(record.get("target_features", [])):
                 # rows cover positions 0 .. T-2 of prompt + completion: the prompt holds rows + 1 - len(ids) tokens
                 ids, row0 = span["tokens"], span["row"]
                 offset = span["rows"] + 1 - len(ids)
+                following = [row[0] for row in tops[n]["ids"]] if forced else ids  # following[i + 1]: the label
                 for i in range(len(ids) - 1):  # position offset + i; its feature is row offset + i - 1
                     if offset + i >= 1:
-                        tokens.append(ids[i]), rows.append(row0 + offset + i - 1), labels.append(ids[i + 1])
+                        tokens.append(ids[i]), rows.append(row0 + offset + i - 1), labels.append(following[i + 1])
     return torch.tensor(tokens), np.array(rows), torch.tensor(labels)
 
 

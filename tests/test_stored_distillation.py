@@ -233,3 +233,100 @@ def test_a_later_turn_written_after_a_replaced_one_gets_no_rows(tmp_path, chat_t
         rows = [t for t, row in enumerate(chunk["teacher_ids"]) if row]
         assert len(rows) > 0 and rows == list(range(rows[0], rows[0] + len(rows)))  # one span: the first turn
         assert len(rows) <= len(first["tokens"])
+
+
+# --- teacher forcing: the target reads answers it did not write --------------------------------------------------
+
+
+def test_teacher_forcing_stores_what_generating_the_same_answers_stored(tmp_path, chat_target):
+    """Read back over its own greedy answers, the target stores what it stored while writing them: the same top-n
+    at every answer token and the same states; the text stays byte for byte, and training finds a row at every
+    answer token. (A later turn was written after the *original* history; read back, it is read after the written
+    one, as training will read it: the second turns' rows differ, and cover the whole answer.)"""
+    from pard.feature_store import FeatureStore
+    from pard.models import load_tokenizer
+
+    written, read = tmp_path / "written.jsonl", tmp_path / "read.jsonl"
+    regenerate(RegenerateConfig(target=str(chat_target), data=[str(write_chats(tmp_path / "c.jsonl", 5, turns=2))],
+                                output=str(written), max_new_tokens=10, batch_size=3, top_logprobs=4,
+                                store_features=[-1, 1]))
+    assert main(["regenerate", "--target", str(chat_target), "--data", str(written), "--output", str(read),
+                 "--teacher-force", "--batch-size", "2", "--top-logprobs", "4", "--store-features", "-1", "1"]) == 0
+    before, after = FeatureStore(written), FeatureStore(read)
+    for w, r in zip(map(json.loads, written.open()), map(json.loads, read.open())):
+        assert r["messages"] == w["messages"] and r["teacher_forced"] is True and "teacher_forced" not in w
+        for field in ("top_logprobs", "target_features"):
+            for gen, forced in zip(w[field][:1], r[field][:1]):
+                assert (gen["message"], gen["prompt"]) == (forced["message"], forced["prompt"])
+                n = len(gen["tokens"])  # an answer cut at max_new_tokens gains its end of turn when read back
+                assert forced["tokens"][:n] == gen["tokens"] and len(forced["tokens"]) - n in (0, 1)
+                if field == "top_logprobs":
+                    assert [row[0] for row in forced["ids"][:n]] == gen["tokens"]  # greedy: its top-1
+                    np.testing.assert_allclose(forced["logprobs"][:n], gen["logprobs"], atol=2e-4)
+                else:
+                    rows = np.arange(gen["rows"])
+                    torch.testing.assert_close(after.rows(forced["row"] + rows), before.rows(gen["row"] + rows),
+                                               atol=0.05, rtol=0.02)  # bf16, from another pass
+    tok = load_tokenizer(str(chat_target))
+    config = DataConfig(max_seq_len=512, assistant_only=True, packing=False)
+    for chunk in load_training_sequences([str(read)], tok, config, 3, stored_teacher=True,
+                                         feature_offsets={str(read): 0}):
+        trained = [t for t, keep in enumerate(chunk["trainable"]) if keep]
+        assert all(chunk["teacher_ids"][t] for t in trained)  # every answer token, both turns
+        assert all(chunk["target_feature"][t] >= 0 for t in trained)
+
+
+def test_teacher_forcing_plain_text_reads_every_token_after_the_prefix(tmp_path, chat_target):
+    from pard.models import load_model, load_tokenizer
+
+    texts = ["def add(a, b):\n    return a + b\n", "x = [i * i for i in range(9)]\n"]
+    data, out = tmp_path / "t.jsonl", tmp_path / "read.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    regenerate(RegenerateConfig(target=str(chat_target), data=[str(data)], output=str(out), prefix_tokens=1,
+                                teacher_force=True, top_logprobs=3))
+    tok, target = load_tokenizer(str(chat_target)), load_model(str(chat_target))
+    for text, record in zip(texts, map(json.loads, out.open())):
+        ids = tok(text)["input_ids"] + [tok.eos_token_id]
+        [entry] = record["top_logprobs"]
+        assert record["text"] == text and entry["offset"] == 1 and entry["tokens"] == ids[1:]
+        expected = target_rows(target, ids[:1], ids[1:]).topk(3, dim=-1)
+        assert entry["ids"] == expected.indices.tolist()
+        np.testing.assert_allclose(entry["logprobs"], expected.values.numpy(), atol=2e-4)
+
+
+def test_teacher_forcing_refuses_what_it_cannot_do_and_a_run_of_the_other_kind(tmp_path, chat_target, capsys):
+    chats = write_chats(tmp_path / "c.jsonl", 3)
+    out = tmp_path / "read.jsonl"
+    base = ["regenerate", "--target", str(chat_target), "--output", str(out), "--teacher-force"]
+    for extra in (["--data", str(chats)],  # stores nothing
+                  ["--data", str(chats), "--top-logprobs", "2", "--temperature", "0.7"],  # writes no tokens
+                  ["--data", str(tmp_path / "e.jsonl"), "--top-logprobs", "2"]):  # an empty answer
+        (tmp_path / "e.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "hi"},
+                                                                   {"role": "assistant", "content": ""}]}) + "\n")
+        capsys.readouterr()
+        assert main([*base, *extra]) == 2 and not out.exists()
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert main([*base, "--data", str(chats), "--top-logprobs", "2", "--limit", "1"]) == 0
+    kept = out.read_bytes()
+    capsys.readouterr()
+    assert main([*base[:-1], "--data", str(chats), "--top-logprobs", "2", "--max-new-tokens", "4"]) == 2  # generate
+    assert "--teacher-force" in capsys.readouterr().err and out.read_bytes() == kept
+    assert main([*base, "--data", str(chats), "--top-logprobs", "2"]) == 0  # resumed
+    assert [json.loads(x)["id"] for x in out.read_text().splitlines()] == ["c0", "c1", "c2"]
+
+
+def test_stdlib_chat_answers_are_the_write_it_requests_answered_with_their_own_source():
+    import ast
+
+    from pard.corpus import documented_functions, stdlib_chat_answers, stdlib_chat_prompts
+
+    functions, answers = documented_functions("heldout"), stdlib_chat_answers("heldout", 10**6)
+    assert len(answers) == len(functions) > 50 and len({a["id"] for a in answers}) == len(answers)
+    for function, answer in zip(functions, answers):
+        request, reply = answer["messages"]
+        assert request["content"].startswith(f"Write a Python function `{function['name']}(")
+        assert reply["content"] == f"```python\n{function['source']}\n```"
+        ast.parse(function["source"])  # a whole function, decorators included
+    asked = {p["id"]: p["messages"][0]["content"] for p in stdlib_chat_prompts("heldout", 10**6)}
+    write_it = [a for a in answers if asked[a["id"].removesuffix(":source")].startswith("Write a Python function")]
+    assert write_it and all(asked[a["id"].removesuffix(":source")] == a["messages"][0]["content"] for a in write_it)

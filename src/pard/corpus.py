@@ -64,17 +64,13 @@ CHAT_TASKS = (
 MAX_FUNCTION_LINES = 40
 
 
-def stdlib_chat_prompts(split: str = "train", count: int = 2000) -> list[dict]:
-    """Coding requests about the stdlib's own functions, as chat records a target can answer (``pard regenerate``).
-
-    Every documented function of ``split`` (at most MAX_FUNCTION_LINES long) becomes one request of one of
-    CHAT_TASKS (chosen by a hash of its location, so the set is fixed), in ``{"id", "messages"}`` records whose
-    assistant turn is empty: a prompt set every Python installation can rebuild offline, disjoint from the
-    benchmarks (HumanEval, GSM8K, Spec-Bench). Evenly thinned to ``count``.
-    """
+def documented_functions(split: str = "train") -> list[dict]:
+    """Every documented public function of ``split`` at most MAX_FUNCTION_LINES long, in file order: ``where``
+    (path:line), ``name``, ``args``, ``summary`` (its docstring's first line, without the final period) and
+    ``source`` (dedented, decorators included)."""
     import ast
 
-    prompts = []
+    functions = []
     for record in stdlib_records(split):
         try:
             tree = ast.parse(record["text"])
@@ -88,13 +84,48 @@ def stdlib_chat_prompts(split: str = "train", count: int = 2000) -> list[dict]:
             length = (node.end_lineno or node.lineno) - node.lineno + 1
             if not doc or length > MAX_FUNCTION_LINES or not doc.split("\n")[0].strip():
                 continue
-            where = f"{record['id']}:{node.lineno}"
-            task = CHAT_TASKS[hashlib.sha1(where.encode()).digest()[0] % len(CHAT_TASKS)]
-            summary = doc.split("\n")[0].strip().rstrip(".")
-            source = textwrap.dedent("\n".join(lines[node.lineno - 1 - len(node.decorator_list) : node.end_lineno]))
-            text = task.format(name=node.name, args=ast.unparse(node.args), source=source,
-                               summary=summary[:1].lower() + summary[1:] + ".")
-            prompts.append({"id": where, "messages": [{"role": "user", "content": text},
-                                                      {"role": "assistant", "content": ""}]})
-    step = max(len(prompts) / count, 1.0)
-    return [prompts[int(i * step)] for i in range(min(count, len(prompts)))]
+            first = node.lineno - 1 - len(node.decorator_list)
+            functions.append({
+                "where": f"{record['id']}:{node.lineno}", "name": node.name, "args": ast.unparse(node.args),
+                "summary": doc.split("\n")[0].strip().rstrip("."),
+                "source": textwrap.dedent("\n".join(lines[first : node.end_lineno])),
+            })
+    return functions
+
+
+def _thinned(records: list[dict], count: int) -> list[dict]:
+    step = max(len(records) / count, 1.0)
+    return [records[int(i * step)] for i in range(min(count, len(records)))]
+
+
+def _write_it(function: dict) -> str:
+    summary = function["summary"]
+    return CHAT_TASKS[0].format(name=function["name"], args=function["args"],
+                                summary=summary[:1].lower() + summary[1:] + ".")
+
+
+def stdlib_chat_prompts(split: str = "train", count: int = 2000) -> list[dict]:
+    """Coding requests about the stdlib's own functions, as chat records a target can answer (``pard regenerate``).
+
+    Every :func:`documented_functions` entry of ``split`` becomes one request of one of CHAT_TASKS (chosen by a hash
+    of its location, so the set is fixed), in ``{"id", "messages"}`` records whose assistant turn is empty: a prompt
+    set every Python installation can rebuild offline, disjoint from the benchmarks (HumanEval, GSM8K, Spec-Bench).
+    Evenly thinned to ``count``.
+    """
+    prompts = []
+    for function in documented_functions(split):
+        task = CHAT_TASKS[hashlib.sha1(function["where"].encode()).digest()[0] % len(CHAT_TASKS)]
+        text = _write_it(function) if task == CHAT_TASKS[0] else task.format(source=function["source"])
+        prompts.append({"id": function["where"], "messages": [{"role": "user", "content": text},
+                                                              {"role": "assistant", "content": ""}]})
+    return _thinned(prompts, count)
+
+
+def stdlib_chat_answers(split: str = "train", count: int = 2000) -> list[dict]:
+    """Every :func:`documented_functions` entry as a *write it* request answered with the function's own source
+    (a fenced Python block): chat records with answers, for a target to read rather than write (``pard regenerate
+    --teacher-force``). Evenly thinned to ``count``; ids ``path:line:source``."""
+    return _thinned([{"id": f"{f['where']}:source", "messages": [
+        {"role": "user", "content": _write_it(f)},
+        {"role": "assistant", "content": f"```python\n{f['source']}\n```"}]} for f in documented_functions(split)],
+        count)

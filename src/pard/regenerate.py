@@ -17,6 +17,12 @@ With ``top_logprobs`` = n, each record also keeps the target's n most likely tok
 ``logprobs`` (T, n), where the completion sits: the assistant ``message`` index, or the token ``offset`` of a
 plain-text continuation, and a digest of the ``prompt`` tokens it was conditioned on). The target computes those
 distributions anyway, so `pard train --distill-from data` distills from them without running the target again.
+
+With ``teacher_force``, the records keep their own answers: the target only reads them, in batched passes over
+whole sequences, and the same fields (its top-n at every answer token, its states) are stored at their tokens. One
+pass over a sequence instead of a decode step per token: what a draft needs of the target on text it already has,
+at a fraction of a generation's cost (those answers are not the target's own, so its top-1 differs from the text
+where it would have written something else; train with ``--distill-from data``).
 """
 
 from __future__ import annotations
@@ -40,12 +46,14 @@ from .files import atomic_write_text, check_writable, exclusive_lock, existing_p
 from .kernels import check_matmul
 from .models import load_pair
 from .prompts import eos_token_ids, has_chat_template, render_chat
-from .target_features import target_record
+from .target_features import select_layers, target_record
 from .training.config import DataConfig
 from .training.data import load_records
 from .training.stored_teacher import RECORD_FIELD, prompt_digest
 
 REGENERATED_BY = "regenerated_by"  # the field that marks a record this command wrote
+TEACHER_FORCED = "teacher_forced"  # marks a record whose answers are its source's, read by the target (teacher_force)
+TEACHER_FORCED_GROUP = 16  # teacher forcing sorts this many batches' records by length (less padding), in memory
 LOGPROB_FLOOR = -100.0  # stored log-probabilities are clamped here (JSON has no -inf; exp(-100) is 0 for training)
 
 
@@ -72,15 +80,18 @@ class RegenerateConfig:
     matmul: str = "auto"  # see pard.kernels
     top_logprobs: int = 0  # also store the target's n most likely tokens at each written position (distillation)
     store_features: list[int] | None = None  # also keep the target's hidden states at these layers (feature_store)
+    teacher_force: bool = False  # keep the records' answers; only read the target over them (see the module doc)
 
 
 @dataclass
 class _Job:
-    """One source record: its id, the prompts to complete (one per assistant turn, or one prefix)."""
+    """One source record: its id, the prompts to complete (one per assistant turn, or one prefix), and with
+    teacher forcing each prompt's own answer (token ids)."""
 
     id: str
     record: dict
     prompts: list[list[int]]
+    answers: list[list[int]] | None = None
 
 
 def regenerate(config: RegenerateConfig) -> Path:
@@ -89,7 +100,8 @@ def regenerate(config: RegenerateConfig) -> Path:
     output = Path(config.output)
     with exclusive_lock(output, "the regenerated dataset"):
         # Refuses a file it did not write (or written with other settings), before anything changes.
-        done, end_row = _finished_ids(output, config.top_logprobs, bool(config.store_features))
+        done, end_row = _finished_ids(output, config.top_logprobs, bool(config.store_features),
+                                      config.teacher_force)
         stored = read_header(output) if config.store_features else None
         if stored is not None and stored["layers"] != list(config.store_features):
             raise DataError(f"{output}: its stored features are layers {stored['layers']}; this run would store "
@@ -105,12 +117,11 @@ def regenerate(config: RegenerateConfig) -> Path:
             store = FeatureWriter(output, header, end_row)
         eos = eos_token_ids(pair.tokenizer, pair.target)
         jobs = [job for job in _jobs(config, pair.tokenizer) if job.id not in done]
-        decoder = SpeculativeDecoder(pair.target, pair.draft, method=pair.method,
-                                     num_draft_tokens=config.num_draft_tokens,
-                                     max_draft_tokens=config.max_draft_tokens, target_tokenizer=pair.tokenizer,
-                                     draft_tokenizer=pair.draft_tokenizer, engine=config.engine, matmul=config.matmul,
-                                     feature_layers=config.store_features,
-                                     expected_tokens=len(jobs) * config.max_new_tokens)
+        decoder = None if config.teacher_force else SpeculativeDecoder(
+            pair.target, pair.draft, method=pair.method, num_draft_tokens=config.num_draft_tokens,
+            max_draft_tokens=config.max_draft_tokens, target_tokenizer=pair.tokenizer,
+            draft_tokenizer=pair.draft_tokenizer, engine=config.engine, matmul=config.matmul,
+            feature_layers=config.store_features, expected_tokens=len(jobs) * config.max_new_tokens)
         _cut_torn_tail(output)
         bar = tqdm(total=len(jobs) + len(done), initial=len(done), desc="regenerating", unit="record")
         started, tokens, sink = time.perf_counter(), 0, None
@@ -147,8 +158,13 @@ def regenerate(config: RegenerateConfig) -> Path:
             bar.set_postfix({"tok/s": f"{tokens / elapsed:,.0f}", "rec/s": f"{written / elapsed:.2f}"})
 
         try:
-            for group in _groups(jobs, config, decoder):
-                _generate(decoder, group, config, eos, save)
+            if config.teacher_force:
+                for start in range(0, len(jobs), TEACHER_FORCED_GROUP * config.batch_size):
+                    _teacher_force(pair.target, jobs[start : start + TEACHER_FORCED_GROUP * config.batch_size],
+                                   config, save)
+            else:
+                for group in _groups(jobs, config, decoder):
+                    _generate(decoder, group, config, eos, save)
         finally:
             if sink is not None:
                 sink.close()
@@ -189,6 +205,12 @@ def _validate(config: RegenerateConfig) -> None:
         if value < 1:
             raise InvalidArgumentError(f"{name} must be >= 1, got {value}")
     check_draft_length(config.num_draft_tokens, config.max_draft_tokens)
+    if config.teacher_force:
+        if not (config.top_logprobs or config.store_features):
+            raise InvalidArgumentError("--teacher-force keeps the answers as they are: it stores only what "
+                                       "--top-logprobs N and --store-features LAYERS ask for; give one of them")
+        if config.draft is not None or not config.sampling.greedy:
+            raise InvalidArgumentError("--teacher-force writes no tokens: it takes no --draft and no --temperature")
     if config.limit is not None and config.limit < 1:
         raise InvalidArgumentError(f"--limit must be >= 1, got {config.limit}")
     if not config.data:
@@ -206,10 +228,12 @@ def _validate(config: RegenerateConfig) -> None:
     check_writable(output.parent)
 
 
-def _finished_ids(output: Path, top_logprobs: int = 0, store_features: bool = False) -> tuple[set[str], int]:
+def _finished_ids(output: Path, top_logprobs: int = 0, store_features: bool = False,
+                  teacher_force: bool = False) -> tuple[set[str], int]:
     """Ids already written, and the feature rows their records reference. Reads only: a file that holds anything
     but this command's records is refused, and so is one whose records have (or lack) the target's distributions
-    or hidden states when this run would not (or would) store them."""
+    or hidden states when this run would not (or would) store them, or were teacher-forced when this run
+    generates (or the other way round)."""
     if not output.exists():
         return set(), 0
     data = output.read_bytes()
@@ -243,6 +267,11 @@ def _finished_ids(output: Path, top_logprobs: int = 0, store_features: bool = Fa
             raise DataError(f"{output}: its records were written {'with' if FEATURES_FIELD in record else 'without'} "
                             f"--store-features and this run is {'with' if store_features else 'without'}; resume "
                             "with the same setting, or choose another --output")
+        forced = record.get(TEACHER_FORCED, False)
+        if forced != teacher_force:
+            raise DataError(f"{output}: its answers were {'read' if forced else 'written'} by the target and this "
+                            f"run would {'read' if teacher_force else 'write'} them; resume "
+                            f"{'with' if forced else 'without'} --teacher-force, or choose another --output")
         end_row = max([end_row] + [e["row"] + e["rows"] for e in record.get(FEATURES_FIELD, ())])
         ids.add(record["id"])
     # A torn last line is ours only if what precedes it is ours, or it starts the way our records start.
@@ -283,7 +312,9 @@ def _jobs(config: RegenerateConfig, tokenizer) -> list[_Job]:
                 raise DataError(f"{where}: duplicate id {key!r} (also {seen[key]}); ids must be unique, or the "
                                 "second record would be skipped when a run resumes")
             seen[key] = where
-            jobs.append(_Job(key, record, _prompts(record, tokenizer, config, where)))
+            prompts = _prompts(record, tokenizer, config, where)
+            answers = _answers(record, tokenizer, config, where, prompts) if config.teacher_force else None
+            jobs.append(_Job(key, record, prompts, answers))
     return jobs
 
 
@@ -307,6 +338,29 @@ def _prompts(record: dict, tokenizer, config: RegenerateConfig, where: str) -> l
     keep = (max(1, int(len(ids) * config.prefix_fraction)) if config.prefix_fraction is not None
             else min(config.prefix_tokens or 1, len(ids)))
     return [ids[:keep]]
+
+
+def _answers(record: dict, tokenizer, config: RegenerateConfig, where: str, prompts: list[list[int]]
+             ) -> list[list[int]]:
+    """Teacher forcing: each prompt's own answer, tokenized as training will (pard.training.data): an assistant
+    turn with the template's end of turn, or a plain text's tokens after its prefix with the end of the document."""
+    dc = config.data_config
+    messages = record.get(dc.messages_field)
+    if not messages:
+        ids = tokenizer(record[dc.text_field])["input_ids"]
+        end = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        return [ids[len(prompts[0]) :] + end]
+    answers = []
+    for i, prompt in zip([i for i, m in enumerate(messages) if m.get("role") == "assistant"], prompts):
+        if not str(messages[i].get("content") or "").strip():
+            raise DataError(f"{where}: assistant turn {i} is empty: nothing to teacher-force (drop --teacher-force "
+                            "to have the target write it)")
+        whole = render_chat(tokenizer, messages[: i + 1])
+        if whole[: len(prompt)] != prompt:
+            raise DataError(f"{where}: the chat template does not render conversations prefix-consistently, so an "
+                            "answer's tokens cannot be told from its prompt's; --teacher-force needs one that does")
+        answers.append(whole[len(prompt) :])
+    return answers
 
 
 @dataclass
@@ -342,6 +396,38 @@ def _generate(decoder, jobs: list[_Job], config: RegenerateConfig, eos, save) ->
                      return_features=bool(config.store_features))
 
 
+def _teacher_force(target, jobs: list[_Job], config: RegenerateConfig, save) -> None:
+    """Read the target over each job's prompts and own answers, ``batch_size`` sequences of similar length per pass,
+    and ``save(job, completions)`` what generating those answers would have stored: at each answer token the top-n
+    of the distribution it comes from (logits at the position before it), and the states at every position but
+    the last (the rows of ``--store-features``)."""
+    turns = sorted(((job, t) for job in jobs for t in range(len(job.prompts))),
+                   key=lambda turn: len(turn[0].prompts[turn[1]]) + len(turn[0].answers[turn[1]]))
+    pending = {id(job): [None] * len(job.prompts) for job in jobs}
+    device = next(target.parameters()).device
+    for start in range(0, len(turns), config.batch_size):
+        batch = turns[start : start + config.batch_size]
+        sequences = [job.prompts[t] + job.answers[t] for job, t in batch]
+        ids = torch.zeros(len(batch), max(map(len, sequences)), dtype=torch.long)  # (B, N), right-padded
+        for row, sequence in enumerate(sequences):
+            ids[row, : len(sequence)] = torch.tensor(sequence)
+        # No attention mask: causal attention never lets a real token read the padding after it.
+        with torch.no_grad():
+            out = target(input_ids=ids.to(device), output_hidden_states=bool(config.store_features), use_cache=False,
+                         **({} if config.top_logprobs else {"logits_to_keep": 1}))
+        states = select_layers(out.hidden_states, config.store_features) if config.store_features else None
+        for row, ((job, t), sequence) in enumerate(zip(batch, sequences)):
+            first, end = len(job.prompts[t]), len(sequence)
+            top = (None, None)
+            if config.top_logprobs:
+                logprobs = out.logits[row, first - 1 : end - 1].float().log_softmax(-1)  # (T, V)
+                top = tuple(x.cpu() for x in logprobs.topk(config.top_logprobs, dim=-1))  # (T, n) each
+            features = states[row, : end - 1].float().cpu() if states is not None else None  # (N - 1, F)
+            pending[id(job)][t] = _Completion(job.answers[t], *top, features)
+            if all(pending[id(job)]):
+                save(job, pending.pop(id(job)))
+
+
 def _rewrite(job: _Job, outputs: list[_Completion], tokenizer, config: RegenerateConfig, eos,
              rows: list[int] | None = None) -> dict:
     """The output record. The text drops EOS (the data pipeline adds the end of a turn or document back); the
@@ -359,15 +445,20 @@ def _rewrite(job: _Job, outputs: list[_Completion], tokenizer, config: Regenerat
         messages = []
         for i, m in enumerate(job.record[dc.messages_field]):
             if m["role"] == "assistant":
-                messages.append({"role": m["role"], "content": text(next(turns).tokens)})
+                answer = next(turns)
+                messages.append({"role": m["role"],
+                                 "content": m["content"] if config.teacher_force else text(answer.tokens)})
                 where.append({"message": i})
             else:
                 messages.append({"role": m["role"], "content": m["content"]})
         record[dc.messages_field] = messages
     else:
-        record[dc.text_field] = text(job.prompts[0] + outputs[0].tokens)
+        record[dc.text_field] = (job.record[dc.text_field] if config.teacher_force
+                                 else text(job.prompts[0] + outputs[0].tokens))
         where.append({"offset": len(job.prompts[0])})
     record[REGENERATED_BY] = config.target
+    if config.teacher_force:
+        record[TEACHER_FORCED] = True
     if config.top_logprobs:
         record[RECORD_FIELD] = [
             {**place, "prompt": prompt_digest(prompt), "tokens": out.tokens, "ids": out.top_ids.tolist(),

@@ -32,6 +32,11 @@ def register(sub) -> None:
                         "states, 0 = embeddings, -1 = the last) for every token of each record, bf16, in "
                         "OUTPUT.features beside the records: what `pard train --target-features data` trains a "
                         "feature draft on (hidden size x layers x 2 bytes per token)")
+    p.add_argument("--teacher-force", action="store_true",
+                   help="keep each record's own answers and only read the target over them (one batched pass per "
+                        "--batch-size sequences instead of a decode step per token), storing what --top-logprobs "
+                        "and --store-features ask for at their tokens: the target's view of text you already have "
+                        "(plain text: --prefix-tokens 1 reads all of it)")
     p.add_argument("--text-field", default="text")
     p.add_argument("--messages-field", default="messages")
     add_engine_option(p)
@@ -53,7 +58,7 @@ def run(args) -> int:
         dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code, engine=args.engine,
         matmul=args.matmul,
         top_logprobs=args.top_logprobs,
-        store_features=args.store_features,
+        store_features=args.store_features, teacher_force=args.teacher_force,
     )
     print(f"wrote {regenerate(config)}", file=sys.stderr)
     return 0
