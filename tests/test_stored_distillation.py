@@ -267,6 +267,11 @@ def test_teacher_forcing_stores_what_generating_the_same_answers_stored(tmp_path
                     rows = np.arange(gen["rows"])
                     torch.testing.assert_close(after.rows(forced["row"] + rows), before.rows(gen["row"] + rows),
                                                atol=0.05, rtol=0.02)  # bf16, from another pass
+    states_only = tmp_path / "states.jsonl"  # no top-n: the pass computes no logits but the last position's
+    regenerate(RegenerateConfig(target=str(chat_target), data=[str(written)], output=str(states_only),
+                                teacher_force=True, store_features=[-1, 1]))
+    torch.testing.assert_close(FeatureStore(states_only).rows(np.arange(len(after))), after.rows(np.arange(len(after))),
+                               atol=0.05, rtol=0.02)
     tok = load_tokenizer(str(chat_target))
     config = DataConfig(max_seq_len=512, assistant_only=True, packing=False)
     for chunk in load_training_sequences([str(read)], tok, config, 3, stored_teacher=True,
