@@ -20,9 +20,11 @@ distributions anyway, so `pard train --distill-from data` distills from them wit
 
 With ``teacher_force``, the records keep their own answers: the target only reads them, in batched passes over
 whole sequences, and the same fields (its top-n at every answer token, its states) are stored at their tokens. One
-pass over a sequence instead of a decode step per token: what a draft needs of the target on text it already has,
-at a fraction of a generation's cost (those answers are not the target's own, so its top-1 differs from the text
-where it would have written something else; train with ``--distill-from data``).
+pass over a sequence instead of a decode step per token: the target's view of text that already exists (answers
+regenerated without states, the later turns of a chat), at a fraction of a generation's cost. Answers the target
+did not write are no substitute for its own: its top-1 differs from them where it would have written something
+else, and what a draft learns there transfers poorly to its own answers (README, SmolLM2: *Reading reference
+answers*).
 """
 
 from __future__ import annotations
