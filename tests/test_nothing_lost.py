@@ -328,9 +328,16 @@ def test_ctrl_c_inside_a_finalizer_still_stops_the_command_in_one_line(monkeypat
         return p
 
     monkeypatch.setattr(pard.cli, "build_parser", parser)
+    # A shell starts background jobs with SIGINT ignored, and the test runner then inherits that (the Ctrl-C cannot
+    # arrive there); a command run from a terminal has Python's own handler, which the redelivery goes through.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     hook = sys.unraisablehook
     started = time.monotonic()
-    assert main([]) == 130
+    try:
+        code = main([])
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert code == 130
     assert time.monotonic() - started < 10
     assert capsys.readouterr().err == "pard: interrupted\n"
     assert sys.unraisablehook is hook  # restored for the API user who called main()
@@ -339,8 +346,11 @@ def test_ctrl_c_inside_a_finalizer_still_stops_the_command_in_one_line(monkeypat
 def test_ctrl_c_during_start_up_is_one_line():
     pard = Path(sys.executable).with_name("pard")
     for delay in (0.3, 0.8):
+        # SIG_DFL in the child: a runner started in the background ignores SIGINT, and an ignored signal stays
+        # ignored across exec (Python then installs no handler), where a command typed in a terminal gets one.
         proc = subprocess.Popen([str(pard), "generate", "--target", "tiny:llama", "hello"], stderr=subprocess.PIPE,
-                                stdout=subprocess.DEVNULL, text=True)
+                                stdout=subprocess.DEVNULL, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         time.sleep(delay)
         proc.send_signal(signal.SIGINT)
         err = proc.communicate(timeout=60)[1]
