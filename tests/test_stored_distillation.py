@@ -320,6 +320,46 @@ def test_teacher_forcing_refuses_what_it_cannot_do_and_a_run_of_the_other_kind(t
     assert [json.loads(x)["id"] for x in out.read_text().splitlines()] == ["c0", "c1", "c2"]
 
 
+def test_a_template_that_rewrites_earlier_turns_is_refused_by_training_and_teacher_forcing(tmp_path, chat_target,
+                                                                                            capsys):
+    """A template that renders an earlier assistant turn otherwise than when it was the last (as reasoning models'
+    templates drop earlier thinking) cannot say where a turn's tokens are: both readers of assistant turns refuse in
+    one line, and teacher forcing writes nothing."""
+    import shutil
+
+    from pard.errors import DataError
+    from pard.models import load_tokenizer
+    from pard.prompts import render_chat
+    from pard.training.data import assistant_spans, tokenize_records
+
+    target = tmp_path / "target"
+    shutil.copytree(chat_target, target)
+    tok = load_tokenizer(str(target))
+    consistent = tok.chat_template
+    rewritten = "{{ '...' if m['role'] == 'assistant' and not loop.last else m['content'] }}"
+    tok.chat_template = consistent.replace("{{ m['content'] }}", rewritten)
+    tok.save_pretrained(target)
+    chats = write_chats(tmp_path / "c.jsonl", 2, turns=2)
+    messages = json.loads(chats.read_text().splitlines()[0])["messages"]
+    assert assistant_spans(tok, messages, render_chat(tok, messages)) is None
+    tok.chat_template = consistent
+    ids = render_chat(tok, messages)
+    spans = assistant_spans(tok, messages, ids)
+    assert list(spans) == [1, 3] and [tok.decode(ids[a:b]) for a, b in spans.values()] == [f"-{tok.eos_token}"] * 2
+
+    import datasets
+
+    records = datasets.load_dataset("json", data_files=str(chats), split="train")
+    with pytest.raises(DataError, match="prefix-consistently.*drop --assistant-only"):
+        tokenize_records(records, load_tokenizer(str(target)), DataConfig(assistant_only=True), str(chats))
+    out = tmp_path / "read.jsonl"
+    capsys.readouterr()
+    assert main(["regenerate", "--target", str(target), "--data", str(chats), "--output", str(out),
+                 "--teacher-force", "--top-logprobs", "2"]) == 2 and not out.exists()
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "prefix-consistently" in line and "--teacher-force" in line
+
+
 def test_stdlib_chat_answers_are_the_write_it_requests_answered_with_their_own_source():
     import ast
 

@@ -50,7 +50,7 @@ from .models import load_pair
 from .prompts import eos_token_ids, has_chat_template, render_chat
 from .target_features import select_layers, target_record
 from .training.config import DataConfig
-from .training.data import load_records
+from .training.data import NOT_PREFIX_CONSISTENT, assistant_spans, document_ids, load_records
 from .training.stored_teacher import RECORD_FIELD, prompt_digest
 
 REGENERATED_BY = "regenerated_by"  # the field that marks a record this command wrote
@@ -344,25 +344,21 @@ def _prompts(record: dict, tokenizer, config: RegenerateConfig, where: str) -> l
 
 def _answers(record: dict, tokenizer, config: RegenerateConfig, where: str, prompts: list[list[int]]
              ) -> list[list[int]]:
-    """Teacher forcing: each prompt's own answer, tokenized as training will (pard.training.data): an assistant
-    turn with the template's end of turn, or a plain text's tokens after its prefix with the end of the document."""
+    """Teacher forcing: each prompt's own answer, as training tokenizes it (pard.training.data): an assistant turn
+    with the template's end of turn, or a plain text's tokens after its prefix with the end of the document."""
     dc = config.data_config
     messages = record.get(dc.messages_field)
     if not messages:
-        ids = tokenizer(record[dc.text_field])["input_ids"]
-        end = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-        return [ids[len(prompts[0]) :] + end]
-    answers = []
-    for i, prompt in zip([i for i, m in enumerate(messages) if m.get("role") == "assistant"], prompts):
-        if not str(messages[i].get("content") or "").strip():
+        return [document_ids(tokenizer, record[dc.text_field])[len(prompts[0]) :]]
+    for i, message in enumerate(messages):
+        if message.get("role") == "assistant" and not str(message.get("content") or "").strip():
             raise DataError(f"{where}: assistant turn {i} is empty: nothing to teacher-force (drop --teacher-force "
                             "to have the target write it)")
-        whole = render_chat(tokenizer, messages[: i + 1])
-        if whole[: len(prompt)] != prompt:
-            raise DataError(f"{where}: the chat template does not render conversations prefix-consistently, so an "
-                            "answer's tokens cannot be told from its prompt's; --teacher-force needs one that does")
-        answers.append(whole[len(prompt) :])
-    return answers
+    ids = render_chat(tokenizer, messages)
+    spans = assistant_spans(tokenizer, messages, ids)  # in turn order, as `prompts`
+    if spans is None:
+        raise DataError(f"{where}: {NOT_PREFIX_CONSISTENT}; --teacher-force needs a template that renders them so")
+    return [ids[start:end] for start, end in spans.values()]
 
 
 @dataclass

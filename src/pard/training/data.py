@@ -128,6 +128,34 @@ def _feature_rows(ids, completions, offset: int | None) -> dict:
     return {TARGET_FEATURE: align_features(ids, completions, offset) if offset >= 0 else [-1] * len(ids)}
 
 
+NOT_PREFIX_CONSISTENT = ("the chat template does not render conversations prefix-consistently, so an assistant "
+                         "turn's tokens cannot be told from the rest")
+
+
+def document_ids(tokenizer, text: str) -> list[int]:
+    """A plain text's training tokens: its tokenization, then the end of the document where the tokenizer has one
+    (documents end, so the draft learns to predict the end)."""
+    ids = list(tokenizer(text)["input_ids"])
+    return ids + ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
+
+
+def assistant_spans(tokenizer, messages: list[dict], ids: list[int]) -> dict[int, tuple[int, int]] | None:
+    """Message index -> [start, end) of each assistant turn's tokens in ``ids`` (the whole conversation rendered),
+    by prefix differences: render the conversation up to the turn (with the generation prompt) and up to its end;
+    the tokens in between are that turn, end of turn included. None when the template's renderings of prefixes are
+    not prefixes of the whole (e.g. one that drops earlier turns' reasoning): then no turn can be located."""
+    spans = {}
+    for i, message in enumerate(messages):
+        if message.get("role") != "assistant":
+            continue
+        before = render_chat(tokenizer, messages[:i], add_generation_prompt=True)
+        after = render_chat(tokenizer, messages[: i + 1])
+        if ids[: len(after)] != after or after[: len(before)] != before:
+            return None
+        spans[i] = (len(before), len(after))
+    return spans
+
+
 @dataclass
 class _TextEncoder:
     tokenizer: object
@@ -140,9 +168,7 @@ class _TextEncoder:
         text = record[self.config.text_field]
         if not isinstance(text, str):
             raise DataError(f"{self.source}: record {index} has no text in '{self.config.text_field}'")
-        ids = list(self.tokenizer(text)["input_ids"])
-        if self.tokenizer.eos_token_id is not None:
-            ids.append(self.tokenizer.eos_token_id)  # documents end, so the draft learns to predict the end
+        ids = document_ids(self.tokenizer, text)
         out = {"input_ids": ids, "trainable": [True] * len(ids)}
         if self.stored_teacher:  # a continuation starts after its prompt's tokens
             out.update(align_rows(ids, ((e["offset"], e) for e in record.get(RECORD_FIELD) or [])))
@@ -167,7 +193,10 @@ class _ChatEncoder:
         out = {"input_ids": ids, "trainable": [True] * len(ids)}
         if not (self.config.assistant_only or self.stored_teacher or self.feature_offset is not None):
             return out
-        spans = self._assistant_spans(messages, ids, index)
+        spans = assistant_spans(self.tokenizer, messages, ids)
+        if spans is None:
+            raise DataError(f"{self.source}: record {index}: {NOT_PREFIX_CONSISTENT}; drop --assistant-only"
+                            + (" and --distill-from data" if self.stored_teacher else ""))
         if self.config.assistant_only:
             out["trainable"] = [False] * len(ids)
             for start, end in spans.values():
@@ -178,25 +207,6 @@ class _ChatEncoder:
         out.update(_feature_rows(ids, [(spans[e["message"]][0], e) for e in record.get(FEATURES_FIELD) or []
                                        if e["message"] in spans], self.feature_offset))
         return out
-
-    def _assistant_spans(self, messages, ids, index) -> dict[int, tuple[int, int]]:
-        """Message index -> [start, end) of each assistant turn's tokens in ``ids``, by prefix differences: render
-        the conversation up to the turn (with the generation prompt) and up to its end; the tokens in between are
-        that turn. Works for any template whose renderings of prefixes are prefixes of the whole."""
-        spans = {}
-        for i, message in enumerate(messages):
-            if message["role"] != "assistant":
-                continue
-            before = render_chat(self.tokenizer, messages[:i], add_generation_prompt=True)
-            after = render_chat(self.tokenizer, messages[: i + 1])
-            if ids[: len(after)] != after or after[: len(before)] != before:
-                raise DataError(
-                    f"{self.source}: record {index}: the chat template does not render conversations "
-                    "prefix-consistently, so assistant tokens cannot be located; drop --assistant-only"
-                    + (" and --distill-from data" if self.stored_teacher else "")
-                )
-            spans[i] = (len(before), len(after))
-        return spans
 
 
 def chunk_sequences(tokenized: datasets.Dataset, config: DataConfig, min_len: int) -> datasets.Dataset:
